@@ -1,0 +1,279 @@
+"""Experiment settings: a YAML file plus command-line overrides -> typed, validated dataclasses.
+
+Every key of :class:`ExperimentConfig` (nested sections with a dot, e.g. ``--store.backend``)
+can be set in the YAML file and overridden on the command line. Anything a user can type wrong
+raises :class:`ConfigError` with one line naming the key, the value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import difflib
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A setting the user gave is not valid; the message is one line meant for the user."""
+
+
+TRANSFER_MODES = ("proxy", "direct")
+PARTITIONS = ("iid", "dirichlet")
+DATASETS = ("digits",)
+MODELS = ("cnn",)
+STORE_BACKENDS = ("file",)
+
+
+@dataclass(frozen=True)
+class StoreSettings:
+    """Where model weights live while they travel between apps."""
+
+    backend: str = "file"
+    #: Directory of the file store; default: ``store/`` inside the run directory.
+    directory: str | None = None
+    #: Record every store read/write with its process id in ``store-access.log`` (auditing).
+    access_log: bool = False
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    """One federated-learning experiment; the defaults are the offline digits run."""
+
+    name: str = "digits-fedavg"
+    dataset: str = "digits"
+    #: Where datasets are read from when they do not ship inside a package.
+    data_dir: str | None = None
+    #: Fraction of the dataset held out (stratified) as the aggregator's global test set.
+    test_fraction: float = 0.2
+    partition: str = "iid"
+    #: Dirichlet concentration over labels, smaller is more skewed (``partition: dirichlet``).
+    alpha: float = 0.5
+    #: Number of sites (data partitions); ``null`` means one per site executor of the Parsl config.
+    sites: int | None = None
+    rounds: int = 10
+    model: str = "cnn"
+    local_epochs: int = 1
+    batch_size: int = 32
+    lr: float = 0.1
+    momentum: float = 0.9
+    seed: int = 0
+    #: ``proxy``: weights travel through the store; ``direct``: through Parsl (benchmark baseline).
+    transfer: str = "proxy"
+    #: torch intra-op threads inside each train/evaluate app.
+    torch_threads: int = 1
+    #: Label of the Parsl executor that runs init, aggregate and evaluate.
+    aggregator: str = "aggregator"
+    #: Parent directory of run directories.
+    runs_dir: str = "runs"
+    store: StoreSettings = field(default_factory=StoreSettings)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The settings as plain data, in the shape of the YAML file."""
+        return dataclasses.asdict(self)
+
+
+# ----------------------------------------------------------------------------------------------
+# Building from YAML + overrides
+
+
+def load_experiment(
+    path: str | Path | None = None, overrides: Mapping[str, Any] | None = None
+) -> ExperimentConfig:
+    """Read an experiment YAML file (or the defaults), apply dotted-key overrides, validate.
+
+    Args:
+        path: YAML file; ``None`` starts from the defaults.
+        overrides: ``{"rounds": 3, "store.backend": "file"}``; values may be strings from the
+            command line, they are converted to the key's type.
+
+    Raises:
+        ConfigError: on anything invalid, with a one-line message.
+    """
+    data: dict[str, Any] = {}
+    if path is not None:
+        data = _read_yaml(Path(path))
+    for dotted, value in (overrides or {}).items():
+        _set_dotted(data, dotted, value)
+    config = _build(ExperimentConfig, data, prefix="")
+    validate(config)
+    return config
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"experiment file {path} does not exist")
+    try:
+        loaded = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or "invalid YAML"
+        raise ConfigError(f"experiment file {path} is not valid YAML{where}: {problem}") from None
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(
+            f"experiment file {path} must hold a mapping of keys, got {type(loaded).__name__}"
+        )
+    return loaded
+
+
+def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
+    head, _, rest = dotted.partition(".")
+    if not rest:
+        data[head] = value
+        return
+    section = data.setdefault(head, {})
+    if not isinstance(section, dict):
+        raise ConfigError(f"{head}: is a section, cannot set {dotted} inside {section!r}")
+    _set_dotted(section, rest, value)
+
+
+def _build(cls: type[Any], data: Mapping[str, Any], prefix: str) -> Any:
+    known = {f.name: f for f in fields(cls)}
+    for key in data:
+        if key not in known:
+            raise ConfigError(f"unknown key '{prefix}{key}'{did_you_mean(str(key), known)}")
+    hints = typing.get_type_hints(cls)
+    kwargs: dict[str, Any] = {}
+    for name, value in data.items():
+        kwargs[name] = _coerce(f"{prefix}{name}", value, hints[name])
+    return cls(**kwargs)
+
+
+def _coerce(key: str, value: Any, hint: Any) -> Any:
+    """Convert ``value`` to ``hint`` (bool, int, float, str, Optional, a settings dataclass)."""
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{key}: must be a section (mapping), got {value!r}")
+        return _build(hint, value, prefix=f"{key}.")
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) in (typing.Union, types.UnionType) and type(None) in args:
+        if value is None or (isinstance(value, str) and value.lower() in ("null", "none", "")):
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _coerce(key, value, inner)
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "yes", "1", "false", "no", "0"):
+            return value.lower() in ("true", "yes", "1")
+        raise ConfigError(f"{key}: must be true or false, got {value!r}")
+    if hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{key}: must be an integer, got {value!r}")
+    if hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{key}: must be a number, got {value!r}")
+    if hint is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"{key}: must be a string, got {value!r}")
+    raise TypeError(f"no conversion for {key} of type {hint}")  # a bug, not user input
+
+
+def did_you_mean(word: str, choices: Sequence[str] | Mapping[str, Any]) -> str:
+    """``" (did you mean 'rounds'?)"`` for a near miss, else ``""``."""
+    close = difflib.get_close_matches(word, list(choices), n=1)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _one_of(key: str, value: str, allowed: Sequence[str]) -> None:
+    if value not in allowed:
+        raise ConfigError(
+            f"{key}: unknown value {value!r}{did_you_mean(value, allowed)}; "
+            f"allowed: {', '.join(allowed)}"
+        )
+
+
+def validate(config: ExperimentConfig) -> None:
+    """Check value ranges and names; raise :class:`ConfigError` naming the first bad key."""
+    _one_of("dataset", config.dataset, DATASETS)
+    _one_of("model", config.model, MODELS)
+    _one_of("partition", config.partition, PARTITIONS)
+    _one_of("transfer", config.transfer, TRANSFER_MODES)
+    _one_of("store.backend", config.store.backend, STORE_BACKENDS)
+    positive_ints = {
+        "rounds": config.rounds,
+        "local_epochs": config.local_epochs,
+        "batch_size": config.batch_size,
+        "torch_threads": config.torch_threads,
+    }
+    if config.sites is not None:
+        positive_ints["sites"] = config.sites
+    for key, value in positive_ints.items():
+        if value <= 0:
+            raise ConfigError(f"{key}: must be at least 1, got {value}")
+    if not 0.0 < config.test_fraction < 1.0:
+        raise ConfigError(
+            f"test_fraction: must be between 0 and 1 (exclusive), got {config.test_fraction}"
+        )
+    if config.alpha <= 0:
+        raise ConfigError(f"alpha: must be greater than 0, got {config.alpha}")
+    if config.lr <= 0:
+        raise ConfigError(f"lr: must be greater than 0, got {config.lr}")
+    if not 0.0 <= config.momentum < 1.0:
+        raise ConfigError(f"momentum: must be in [0, 1), got {config.momentum}")
+    if not config.name or "/" in config.name:
+        raise ConfigError(f"name: must be a non-empty name without '/', got {config.name!r}")
+
+
+# ----------------------------------------------------------------------------------------------
+# Command line
+
+
+def option_names(cls: type[Any] = ExperimentConfig, prefix: str = "") -> list[str]:
+    """Dotted names of every setting, e.g. ``["name", ..., "store.backend"]``."""
+    names: list[str] = []
+    hints = typing.get_type_hints(cls)
+    for f in fields(cls):
+        if dataclasses.is_dataclass(hints[f.name]):
+            names.extend(option_names(hints[f.name], prefix=f"{prefix}{f.name}."))
+        else:
+            names.append(f"{prefix}{f.name}")
+    return names
+
+
+def add_override_options(parser: argparse.ArgumentParser) -> None:
+    """Add ``--KEY VALUE`` for every setting (values stay strings until validation)."""
+    group = parser.add_argument_group("experiment settings (override the YAML file)")
+    for name in option_names():
+        group.add_argument(
+            f"--{name}", dest=f"set:{name}", metavar="VALUE", default=argparse.SUPPRESS
+        )
+
+
+def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """The ``--KEY VALUE`` settings the user actually gave."""
+    return {
+        key.removeprefix("set:"): value
+        for key, value in vars(args).items()
+        if key.startswith("set:")
+    }
+
+
+def to_yaml(config: ExperimentConfig, extra: Mapping[str, Any] | None = None) -> str:
+    """The resolved settings as YAML (what ``config.yaml`` in a run directory holds)."""
+    data = config.to_dict()
+    if extra:
+        data.update(extra)
+    return yaml.safe_dump(data, sort_keys=False)

@@ -1,0 +1,97 @@
+"""What a run leaves behind: its directory, ``config.yaml``, ``rounds.csv`` and ``sites.csv``."""
+
+from __future__ import annotations
+
+import csv
+import os
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+ROUND_COLUMNS = [
+    "round",
+    "sites",  # how many sites contributed to this round's aggregate
+    "site_ids",  # which ones, space-separated
+    "accuracy",
+    "loss",
+    "round_seconds",  # controller clock: first train submitted -> evaluation returned
+    "train_seconds_max",
+    "resolve_seconds_max",  # sites resolving the global model
+    "put_seconds_max",  # sites putting their update
+    "aggregate_seconds",
+    "aggregate_resolve_seconds",  # aggregator resolving all updates
+    "aggregate_put_seconds",  # aggregator putting the new global model
+    "evaluate_seconds",
+    "model_bytes",
+    "train_loss",  # sample-weighted mean of the sites' last-epoch training loss
+]
+SITE_COLUMNS = [
+    "round",
+    "site",
+    "executor",
+    "host",
+    "pid",
+    "num_samples",
+    "train_loss",
+    "resolve_seconds",
+    "train_seconds",
+    "put_seconds",
+]
+
+
+def create_run_dir(runs_dir: str | Path, experiment: str) -> Path:
+    """``runs/<experiment>-<YYYYmmdd-HHMMSS>``, private to the user (mode 0700), never reused."""
+    parent = Path(runs_dir)
+    parent.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for attempt in range(1000):
+        suffix = "" if attempt == 0 else f"-{attempt}"
+        path = parent / f"{experiment}-{stamp}{suffix}"
+        try:
+            path.mkdir(mode=0o700)
+        except FileExistsError:
+            continue
+        path.chmod(0o700)
+        return path
+    raise FileExistsError(f"no free run directory name under {parent} for {experiment}-{stamp}")
+
+
+class CsvLog:
+    """A CSV file written row by row and flushed, so a stopped run keeps every finished round."""
+
+    def __init__(self, path: Path, columns: Sequence[str]) -> None:
+        self.path = path
+        self.columns = list(columns)
+        new = not path.exists()
+        self._file = open(path, "a", newline="")  # noqa: SIM115 (closed in close())
+        self._writer = csv.DictWriter(self._file, fieldnames=self.columns)
+        if new:
+            self._writer.writeheader()
+            self._file.flush()
+
+    def write(self, row: Mapping[str, Any]) -> None:
+        self._writer.writerow({key: _format(value) for key, value in row.items()})
+        self._file.flush()
+        os.fsync(self._file.fileno())
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def _format(value: Any) -> Any:
+    return f"{value:.6g}" if isinstance(value, float) else value
+
+
+def round_columns(num_sites: int) -> list[str]:
+    """Columns of ``rounds.csv``: the round summary, then each site's train and resolve seconds."""
+    per_site = [
+        f"site{site}_{what}_seconds" for site in range(num_sites) for what in ("train", "resolve")
+    ]
+    return ROUND_COLUMNS + per_site
+
+
+def read_rounds(run_dir: str | Path) -> list[dict[str, str]]:
+    """The rows of a run's ``rounds.csv``."""
+    with open(Path(run_dir) / "rounds.csv", newline="") as file:
+        return list(csv.DictReader(file))

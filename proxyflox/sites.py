@@ -1,0 +1,89 @@
+"""Parsl config modules: finding and loading one, and which of its executors are sites.
+
+A config module (``parsl_configs/*.py``, or any file) builds and exposes ``config``, a
+``parsl.config.Config``, the way Parsl's own ``parsl/configs/*.py`` do. Every executor except
+the aggregator's is a site executor; sites are mapped onto site executors round-robin.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import itertools
+import sys
+from pathlib import Path
+
+from parsl.config import Config
+
+from proxyflox.config import ConfigError, did_you_mean
+
+#: Where ``--config NAME`` looks when NAME is not a path.
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "parsl_configs"
+
+_module_ids = itertools.count()
+
+
+def find_config_file(name: str) -> Path:
+    """``local.py`` -> ``parsl_configs/local.py``; a path is taken as it is."""
+    candidates = [Path(name)]
+    if not Path(name).is_absolute():
+        for directory in (Path.cwd() / "parsl_configs", CONFIG_DIR):
+            candidates.append(directory / name)
+            if not name.endswith(".py"):
+                candidates.append(directory / f"{name}.py")
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate.resolve()
+    known = sorted(p.name for p in CONFIG_DIR.glob("*.py")) if CONFIG_DIR.is_dir() else []
+    raise ConfigError(
+        f"config: Parsl config {name!r} not found as a file or in {CONFIG_DIR}"
+        f"{did_you_mean(name, known)}; known: {', '.join(known) or 'none'}"
+    )
+
+
+def load_parsl_config(name: str) -> Config:
+    """Import a config module afresh and return its ``config``.
+
+    Each call executes the module again, because a Parsl ``Config``'s executors can be loaded
+    only once.
+    """
+    path = find_config_file(name)
+    module_name = f"proxyflox_parsl_config_{next(_module_ids)}"
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    if spec is None or spec.loader is None:
+        raise ConfigError(f"config: {path} cannot be imported as a Python module")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    try:
+        spec.loader.exec_module(module)
+    except ConfigError:
+        raise
+    except Exception as err:
+        raise ConfigError(f"config: importing {path} failed: {type(err).__name__}: {err}") from err
+    finally:
+        sys.modules.pop(module_name, None)
+    config = getattr(module, "config", None)
+    if not isinstance(config, Config):
+        raise ConfigError(
+            f"config: {path} must define `config`, a parsl.config.Config "
+            f"(found {type(config).__name__})"
+        )
+    return config
+
+
+def site_executor_labels(config: Config, aggregator: str) -> list[str]:
+    """Labels of the site executors: every executor but the aggregator's, in config order."""
+    labels = [executor.label for executor in config.executors]
+    if aggregator not in labels:
+        raise ConfigError(
+            f"aggregator: no executor labelled {aggregator!r} in the Parsl config"
+            f"{did_you_mean(aggregator, labels)}; labels: {', '.join(labels)}"
+        )
+    sites = [label for label in labels if label != aggregator]
+    if not sites:
+        raise ConfigError("config: the Parsl config has no site executor besides the aggregator")
+    return sites
+
+
+def assign_sites(num_sites: int, executor_labels: list[str]) -> list[str]:
+    """Executor label of each site: round-robin, so site i runs on executor i mod n."""
+    return [executor_labels[site % len(executor_labels)] for site in range(num_sites)]

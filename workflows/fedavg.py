@@ -1,0 +1,89 @@
+#!/usr/bin/env python3
+"""Run federated averaging: python workflows/fedavg.py [--config local.py] [--experiment X.yaml]
+[--KEY VALUE ...]. Settings come from the experiment YAML file, overridden by --KEY VALUE."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import time
+import traceback
+from pathlib import Path
+from types import FrameType
+
+from proxyflox.config import (
+    ConfigError,
+    add_override_options,
+    load_experiment,
+    overrides_from_args,
+    to_yaml,
+)
+from proxyflox.results import create_run_dir
+from proxyflox.rounds import run_federation
+from proxyflox.sites import find_config_file, load_parsl_config
+
+DEFAULT_EXPERIMENT = Path(__file__).resolve().parent.parent / "experiments" / "digits_fedavg.yaml"
+EXIT_BAD_INPUT = 2
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument(
+        "--config",
+        default="local.py",
+        help="Parsl config: a file path or a name in parsl_configs/ (default: local.py)",
+    )
+    parser.add_argument(
+        "--experiment",
+        default=str(DEFAULT_EXPERIMENT),
+        help="experiment YAML file (default: experiments/digits_fedavg.yaml)",
+    )
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
+    add_override_options(parser)
+    return parser.parse_args(argv)
+
+
+def _stop_on_sigterm(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")  # unwinds through Parsl's shutdown
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        experiment = load_experiment(args.experiment, overrides_from_args(args))
+        config_path = find_config_file(args.config)
+        parsl_config = load_parsl_config(str(config_path))
+    except ConfigError as err:
+        if args.debug:
+            traceback.print_exc()
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+    # Everything the user typed is valid: only now does the run directory appear.
+    run_dir = create_run_dir(experiment.runs_dir, experiment.name)
+    (run_dir / "config.yaml").write_text(to_yaml(experiment, {"parsl_config": str(config_path)}))
+    print(f"run directory: {run_dir}", flush=True)
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    start = time.perf_counter()
+    try:
+        result = run_federation(
+            experiment, parsl_config, run_dir, progress=lambda line: print(line, flush=True)
+        )
+    except KeyboardInterrupt:
+        print(f"interrupted; finished rounds are in {run_dir}", file=sys.stderr)
+        return 130
+    except ConfigError as err:
+        if args.debug:
+            traceback.print_exc()
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    print(
+        f"done: {len(result.rounds)} rounds in {time.perf_counter() - start:.1f}s, "
+        f"final accuracy {result.final_accuracy:.4f}; results in {run_dir}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
