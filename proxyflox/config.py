@@ -140,7 +140,8 @@ def _build(cls: type[Any], data: Mapping[str, Any], prefix: str) -> Any:
     known = {f.name: f for f in fields(cls)}
     for key in data:
         if key not in known:
-            raise ConfigError(f"unknown key '{prefix}{key}'{did_you_mean(str(key), known)}")
+            suggestion = did_you_mean(str(key), known).replace("'", f"'{prefix}", 1)
+            raise ConfigError(f"unknown key '{prefix}{key}'{suggestion}")
     hints = typing.get_type_hints(cls)
     kwargs: dict[str, Any] = {}
     for name, value in data.items():

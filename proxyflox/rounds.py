@@ -92,9 +92,10 @@ def run_federation(
                 )
                 evaluation = apps.evaluate(config, aggregate)
                 in_flight.extend([*trains, aggregate])
-                metrics = evaluation.result()
-                new_global = aggregate.result()
+                # Sites first, so a failing site surfaces as itself, not as a dependency error.
                 updates = [train.result() for train in trains]
+                new_global = aggregate.result()
+                metrics = evaluation.result()
                 round_seconds = time.perf_counter() - start
 
                 # The old global model and the updates are no longer needed by anyone.

@@ -78,6 +78,12 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         print(f"error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except Exception as err:
+        if args.debug:
+            traceback.print_exc()
+        hint = "" if args.debug else " (--debug shows the traceback)"
+        print(f"error: run failed: {type(err).__name__}: {err}{hint}", file=sys.stderr)
+        return 1
     print(
         f"done: {len(result.rounds)} rounds in {time.perf_counter() - start:.1f}s, "
         f"final accuracy {result.final_accuracy:.4f}; results in {run_dir}"

@@ -33,6 +33,7 @@ class FedAvg:
             for name, array in weights.items():
                 total[name] += np.asarray(array, dtype=np.float64) * num_samples
             count += num_samples
+            del weights, array  # release this update before the iterator fetches the next
         if total is None:
             raise ValueError("no updates to aggregate")
         mean: Weights = {}

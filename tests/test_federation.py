@@ -1,0 +1,104 @@
+"""Whole runs on parsl_configs/local.py (threads in this process): results, outputs, store."""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from proxyflox.apps import new_model, shuffle_seed, site_data
+from proxyflox.config import load_experiment
+from proxyflox.results import round_columns
+from proxyflox.rounds import RunResult
+from proxyflox.training import train_local
+from proxyflox.weights import weights_of
+from tests.conftest import DEFAULT_EXPERIMENT
+
+Runner = Callable[..., RunResult]
+
+
+def test_a_short_run_writes_its_outputs_and_leaves_no_store_behind(
+    run_local: Runner, tmp_path: Path
+) -> None:
+    store_dir = tmp_path / "store"
+    result = run_local(rounds=3, **{"store.directory": str(store_dir), "store.access_log": "true"})
+    run_dir = result.run_dir
+    with open(run_dir / "rounds.csv", newline="") as file:
+        reader = csv.DictReader(file)
+        rows = list(reader)
+    assert reader.fieldnames == round_columns(4)
+    assert [row["round"] for row in rows] == ["1", "2", "3"]
+    assert all(row["sites"] == "4" and row["site_ids"] == "0 1 2 3" for row in rows)
+    assert float(rows[-1]["accuracy"]) > float(rows[0]["accuracy"])
+    assert all(float(row["site3_resolve_seconds"]) > 0 for row in rows)
+    assert int(rows[0]["model_bytes"]) == sum(
+        p.numel() * 4 for p in new_model(load_experiment(DEFAULT_EXPERIMENT)).state_dict().values()
+    )
+    with open(run_dir / "sites.csv", newline="") as file:
+        assert len(list(csv.DictReader(file))) == 3 * 4
+    assert set(torch.load(run_dir / "model.pt")) == set(
+        new_model(load_experiment(DEFAULT_EXPERIMENT)).state_dict()
+    )
+    assert (run_dir.stat().st_mode & 0o777) == 0o700
+
+    # Lifetimes: everything the run put was evicted, and the store directory is empty.
+    log = [line.split("\t") for line in (run_dir / "store-access.log").read_text().splitlines()]
+    put = {key for _, op, key in log if op == "put"}
+    evicted = {key for _, op, key in log if op == "evict"}
+    assert len(put) == 1 + 3 * (4 + 1)  # initial model, then 4 updates + 1 global per round
+    assert put == evicted
+    assert list(store_dir.iterdir()) == []
+
+
+def test_the_default_store_directory_is_removed_after_the_run(run_local: Runner) -> None:
+    result = run_local(rounds=1)
+    assert not (result.run_dir / "store").exists()
+
+
+def test_same_seed_gives_identical_accuracy_and_loss(run_local: Runner) -> None:
+    first = run_local(rounds=3, partition="dirichlet", alpha="0.5")
+    second = run_local(rounds=3, partition="dirichlet", alpha="0.5")
+    assert [(r["accuracy"], r["loss"]) for r in first.rounds] == [
+        (r["accuracy"], r["loss"]) for r in second.rounds
+    ]
+    other = run_local(rounds=3, partition="dirichlet", alpha="0.5", seed="1")
+    assert [r["loss"] for r in other.rounds] != [r["loss"] for r in first.rounds]
+
+
+def test_direct_transfer_gives_the_same_weights_as_proxies(run_local: Runner) -> None:
+    via_proxies = run_local(rounds=2, transfer="proxy")
+    via_parsl = run_local(rounds=2, transfer="direct")
+    a = torch.load(via_proxies.run_dir / "model.pt")
+    b = torch.load(via_parsl.run_dir / "model.pt")
+    assert all(torch.equal(a[name], b[name]) for name in a)
+    assert via_proxies.rounds[-1]["loss"] == via_parsl.rounds[-1]["loss"]
+
+
+def test_fedavg_on_one_site_equals_centralized_training_bit_for_bit(run_local: Runner) -> None:
+    rounds = 3
+    federated = run_local(rounds=rounds, sites=1, local_epochs=2)
+    config = load_experiment(DEFAULT_EXPERIMENT, {"sites": 1, "local_epochs": 2})
+
+    # Centralized: the same model on all the training data, same epochs and batch order,
+    # an optimizer started afresh where each round starts.
+    torch.set_num_threads(config.torch_threads)
+    model = new_model(config)
+    data = site_data(config, site=0, num_sites=1)
+    assert len(data) == 1437
+    for round_number in range(1, rounds + 1):
+        train_local(
+            model,
+            data,
+            epochs=2,
+            batch_size=config.batch_size,
+            lr=config.lr,
+            momentum=config.momentum,
+            shuffle_seed=shuffle_seed(config, round_number, 0),
+        )
+    central = weights_of(model)
+    saved = torch.load(federated.run_dir / "model.pt")
+    assert set(saved) == set(central)
+    for name, array in central.items():
+        assert saved[name].numpy().tobytes() == array.tobytes(), name

@@ -1,0 +1,140 @@
+"""Runs on parsl_configs/local_htex.py: real worker processes, started without an activated venv.
+
+These prove the data path (the controller process never reads weights) and that Parsl is shut
+down on every exit path, leaving no worker behind.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from tests.conftest import CLI, bare_env, only_run_dir, run_cli
+
+pytestmark = pytest.mark.slow
+
+
+def processes_of(run_dir: Path) -> list[str]:
+    """Command lines of live processes that belong to a run (Parsl puts its run dir in them)."""
+    found = []
+    for process in psutil.process_iter(["cmdline"]):
+        cmdline = " ".join(process.info["cmdline"] or [])
+        if str(run_dir) in cmdline:
+            found.append(cmdline)
+    return found
+
+
+def wait_until_gone(run_dir: Path, seconds: float = 20) -> list[str]:
+    deadline = time.monotonic() + seconds
+    while (left := processes_of(run_dir)) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return left
+
+
+def test_controller_never_reads_weights_on_real_processes(tmp_path: Path) -> None:
+    store_dir = tmp_path / "store"
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            str(CLI),
+            "--config",
+            "local_htex.py",
+            "--rounds",
+            "2",
+            "--runs_dir",
+            str(tmp_path / "runs"),
+            "--store.directory",
+            str(store_dir),
+            "--store.access_log",
+            "true",
+        ],
+        cwd=tmp_path,
+        env=bare_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    stdout, stderr = process.communicate(timeout=300)
+    assert process.returncode == 0, stderr
+    assert "round   2/2  accuracy" in stdout
+    controller = str(process.pid)
+    run_dir = only_run_dir(tmp_path / "runs")
+
+    log = [line.split("\t") for line in (run_dir / "store-access.log").read_text().splitlines()]
+    reads_by_pid: dict[str, int] = {}
+    for pid, op, _key in log:
+        if op == "get":
+            reads_by_pid[pid] = reads_by_pid.get(pid, 0) + 1
+    assert controller not in reads_by_pid  # zero weight reads in the controller
+    assert not [pid for pid, op, _ in log if op == "put" and pid == controller]
+    assert len(reads_by_pid) == 5  # four site workers and the aggregator's worker
+    # The controller's only part: evicting, by key, everything the apps put.
+    assert {k for _, op, k in log if op == "put"} == {k for _, op, k in log if op == "evict"}
+    assert {pid for pid, op, _ in log if op == "evict"} == {controller}
+    assert list(store_dir.iterdir()) == []
+    assert wait_until_gone(run_dir) == []
+
+
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM])
+def test_interrupting_a_run_shuts_parsl_down_and_leaves_no_worker(
+    tmp_path: Path, stop: signal.Signals
+) -> None:
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            str(CLI),
+            "--config",
+            "local_htex.py",
+            "--rounds",
+            "500",
+            "--runs_dir",
+            str(tmp_path / "runs"),
+        ],
+        cwd=tmp_path,
+        env=bare_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stdout is not None
+    for line in process.stdout:
+        if line.startswith("round   2/"):
+            break
+    run_dir = only_run_dir(tmp_path / "runs")
+    assert any("process_worker_pool" in c for c in processes_of(run_dir))
+    process.send_signal(stop)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130
+    assert "interrupted; finished rounds are in" in stderr
+    assert wait_until_gone(run_dir) == []
+    assert not (run_dir / "store").exists()
+    assert len((run_dir / "rounds.csv").read_text().splitlines()) >= 3  # header + 2 rounds
+
+
+def test_a_failing_site_app_stops_the_run_cleanly(tmp_path: Path) -> None:
+    # Dirichlet(0.01) over 400 sites leaves some site empty: each site's app raises.
+    done = run_cli(
+        "--config",
+        "local_htex.py",
+        "--rounds",
+        "2",
+        "--sites",
+        "400",
+        "--partition",
+        "dirichlet",
+        "--alpha",
+        "0.01",
+        "--runs_dir",
+        str(tmp_path / "runs"),
+        cwd=tmp_path,
+    )
+    assert done.returncode == 2
+    assert "without samples" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert wait_until_gone(only_run_dir(tmp_path / "runs")) == []
