@@ -12,7 +12,7 @@ from proxystore.proxy import Proxy, is_resolved
 from proxyflox.apps import aggregate_updates, evaluate_global, init_global_model, train_site
 from proxyflox.config import load_experiment
 from proxyflox.stores import open_store, put_weights, resolve_weights
-from tests.conftest import DEFAULT_EXPERIMENT
+from tests.helpers import DEFAULT_EXPERIMENT
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from proxyflox.config import ConfigError, ExperimentConfig, load_experiment, to_yaml
-from tests.conftest import DEFAULT_EXPERIMENT, run_cli
+from tests.helpers import DEFAULT_EXPERIMENT, run_cli
 
 
 def test_default_experiment_file_holds_the_defaults() -> None:

@@ -14,7 +14,7 @@ from proxyflox.results import round_columns
 from proxyflox.rounds import RunResult
 from proxyflox.training import train_local
 from proxyflox.weights import weights_of
-from tests.conftest import DEFAULT_EXPERIMENT
+from tests.helpers import DEFAULT_EXPERIMENT
 
 Runner = Callable[..., RunResult]
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.conftest import CLI, bare_env, only_run_dir, run_cli
+from tests.helpers import CLI, bare_env, only_run_dir, run_cli
 
 pytestmark = pytest.mark.slow
 

@@ -1,0 +1,40 @@
+"""Helpers shared by the tests: paths, and running the real CLI as a user would."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_EXPERIMENT = ROOT / "experiments" / "digits_fedavg.yaml"
+CLI = ROOT / "workflows" / "fedavg.py"
+
+
+def bare_env() -> dict[str, str]:
+    """An environment without an activated venv: the venv's bin is not on PATH."""
+    env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONHOME")}
+    venv_bin = str(Path(sys.executable).parent)
+    env["PATH"] = os.pathsep.join(
+        p for p in env.get("PATH", "/usr/bin:/bin").split(os.pathsep) if p != venv_bin
+    )
+    return env
+
+
+def run_cli(*args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """``python workflows/fedavg.py ARGS`` as a user runs it, without an activated venv."""
+    return subprocess.run(
+        [sys.executable, str(CLI), *args],
+        cwd=cwd,
+        env=bare_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def only_run_dir(runs_dir: Path) -> Path:
+    """The single run directory a test's run created."""
+    (run_dir,) = list(runs_dir.iterdir())
+    return run_dir
