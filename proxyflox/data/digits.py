@@ -1,0 +1,24 @@
+"""scikit-learn's 8x8 digits: ships inside the package, so the default experiment runs offline."""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.datasets import load_digits
+from sklearn.model_selection import train_test_split
+
+from proxyflox.data.base import ArrayDataset, DatasetSplits
+
+
+def load_digits_splits(seed: int, test_fraction: float) -> DatasetSplits:
+    """1,797 images as (N, 1, 8, 8) floats in [0, 1], split stratified by label."""
+    bunch = load_digits()
+    x = (bunch.images / 16.0).astype(np.float32)[:, None, :, :]
+    y = bunch.target.astype(np.int64)
+    x_train, x_test, y_train, y_test = train_test_split(
+        x, y, test_size=test_fraction, stratify=y, random_state=seed
+    )
+    return DatasetSplits(
+        train=ArrayDataset(x_train, y_train),
+        test=ArrayDataset(x_test, y_test),
+        num_classes=10,
+    )
