@@ -198,12 +198,17 @@ def did_you_mean(word: str, choices: Sequence[str] | Mapping[str, Any]) -> str:
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 
+def unknown_choice(key: str, value: str, allowed: Sequence[str]) -> ConfigError:
+    """The error for a name that is not one of ``allowed`` (with a suggestion if one is close)."""
+    return ConfigError(
+        f"{key}: unknown value {value!r}{did_you_mean(value, allowed)}; "
+        f"allowed: {', '.join(allowed)}"
+    )
+
+
 def _one_of(key: str, value: str, allowed: Sequence[str]) -> None:
     if value not in allowed:
-        raise ConfigError(
-            f"{key}: unknown value {value!r}{did_you_mean(value, allowed)}; "
-            f"allowed: {', '.join(allowed)}"
-        )
+        raise unknown_choice(key, value, allowed)
 
 
 def validate(config: ExperimentConfig) -> None:

@@ -7,7 +7,8 @@ partition: training data never passes through the controller.
 from __future__ import annotations
 
 import functools
-from proxyflox.config import DATASETS, ConfigError, did_you_mean
+
+from proxyflox.config import DATASETS, unknown_choice
 from proxyflox.data.base import ArrayDataset, DatasetSplits
 from proxyflox.data.digits import load_digits_splits
 
@@ -15,15 +16,11 @@ __all__ = ["ArrayDataset", "DatasetSplits", "load_dataset"]
 
 
 @functools.lru_cache(maxsize=4)
-def load_dataset(
-    name: str, data_dir: str | None, seed: int, test_fraction: float
-) -> DatasetSplits:
+def load_dataset(name: str, data_dir: str | None, seed: int, test_fraction: float) -> DatasetSplits:
     """Load a dataset by name and split off the global test set.
 
     Cached per process, so a warm worker loads its data once for the whole run.
     """
     if name == "digits":
         return load_digits_splits(seed=seed, test_fraction=test_fraction)
-    raise ConfigError(
-        f"dataset: unknown value {name!r}{did_you_mean(name, DATASETS)}; allowed: {', '.join(DATASETS)}"
-    )
+    raise unknown_choice("dataset", name, DATASETS)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from proxyflox.config import PARTITIONS, ConfigError, did_you_mean
+from proxyflox.config import PARTITIONS, ConfigError, unknown_choice
 
 
 def partition(
@@ -41,10 +41,7 @@ def partition(
     elif scheme == "dirichlet":
         parts = _dirichlet(labels, num_sites, alpha, rng)
     else:
-        raise ConfigError(
-            f"partition: unknown value {scheme!r}{did_you_mean(scheme, PARTITIONS)}; "
-            f"allowed: {', '.join(PARTITIONS)}"
-        )
+        raise unknown_choice("partition", scheme, PARTITIONS)
     empty = [site for site, part in enumerate(parts) if len(part) == 0]
     if empty:
         raise ConfigError(

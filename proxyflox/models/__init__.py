@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from proxyflox.config import MODELS, ConfigError, did_you_mean
+from proxyflox.config import MODELS, unknown_choice
 from proxyflox.models.cnn import SmallCNN
 
 __all__ = ["SmallCNN", "build_model"]
@@ -14,6 +14,4 @@ def build_model(name: str, input_shape: tuple[int, ...], num_classes: int) -> nn
     """Build an untrained model; call under a seeded RNG for reproducible initial weights."""
     if name == "cnn":
         return SmallCNN(input_shape, num_classes)
-    raise ConfigError(
-        f"model: unknown value {name!r}{did_you_mean(name, MODELS)}; allowed: {', '.join(MODELS)}"
-    )
+    raise unknown_choice("model", name, MODELS)
