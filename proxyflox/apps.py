@@ -19,7 +19,7 @@ import torch
 from parsl import python_app
 from proxystore.store.config import StoreConfig
 
-from proxyflox.config import ExperimentConfig
+from proxyflox.config import ExperimentConfig, SiteOptions
 from proxyflox.data import ArrayDataset, load_dataset
 from proxyflox.data.partition import partition
 from proxyflox.models import build_model
@@ -32,11 +32,13 @@ from proxyflox.weights import Weights, load_weights, save_weights, weights_nbyte
 _PARTITION_STREAM, _INIT_STREAM, _SHUFFLE_STREAM = 1, 2, 3
 
 
-def site_data(config: ExperimentConfig, site: int, num_sites: int) -> ArrayDataset:
+def site_data(
+    config: ExperimentConfig, site: int, num_sites: int, data_dir: str | None = None
+) -> ArrayDataset:
     """The training samples of one site: its partition of the dataset's training split."""
     return _site_data(
         config.dataset,
-        config.data_dir,
+        data_dir or config.data_dir,
         config.seed,
         config.test_fraction,
         config.partition,
@@ -69,9 +71,11 @@ def shuffle_seed(config: ExperimentConfig, round_number: int, site: int) -> int:
     return derive_seed(config.seed, _SHUFFLE_STREAM, round_number, site)
 
 
-def new_model(config: ExperimentConfig) -> torch.nn.Module:
+def new_model(config: ExperimentConfig, data_dir: str | None = None) -> torch.nn.Module:
     """The model architecture of the experiment, randomly initialised from the run seed."""
-    splits = load_dataset(config.dataset, config.data_dir, config.seed, config.test_fraction)
+    splits = load_dataset(
+        config.dataset, data_dir or config.data_dir, config.seed, config.test_fraction
+    )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(derive_seed(config.seed, _INIT_STREAM))
         return build_model(config.model, splits.input_shape, splits.num_classes)
@@ -91,28 +95,36 @@ def train_site(
     round_number: int,
     global_model: Mapping[str, Any],
     store_config: StoreConfig | None,
+    options: SiteOptions | None = None,
 ) -> dict[str, Any]:
     """Site: resolve the global model, train on the site's own data, put the update.
+
+    ``options`` (this site's batch size, epochs, threads, device, data) override ``config``.
 
     Returns:
         ``{"weights": <ref to the update>, "num_samples", "train_loss", "resolve_seconds",
         "train_seconds", "put_seconds", "site", "host", "pid"}``; every time is measured here.
     """
-    torch.set_num_threads(config.torch_threads)
-    data = site_data(config, site, num_sites)
+    options = options or SiteOptions()
+    torch.set_num_threads(options.torch_threads or config.torch_threads)
+    data = site_data(config, site, num_sites, options.data_dir)
     weights, resolve_seconds = resolve_weights(global_model["weights"])
-    model = new_model(config)
+    model = new_model(config, options.data_dir)
     load_weights(model, weights)
     del weights
     start = time.perf_counter()
+    epochs = options.local_epochs or config.local_epochs
+    batch_size = options.batch_size or config.batch_size
+    device = options.device or "cpu"
     train_loss = train_local(
         model,
         data,
-        epochs=config.local_epochs,
-        batch_size=config.batch_size,
+        epochs=epochs,
+        batch_size=batch_size,
         lr=config.lr,
         momentum=config.momentum,
         shuffle_seed=shuffle_seed(config, round_number, site),
+        device=device,
     )
     train_seconds = time.perf_counter() - start
     ref, put_seconds = put_weights(weights_of(model), store_config)
@@ -124,6 +136,9 @@ def train_site(
         "resolve_seconds": resolve_seconds,
         "train_seconds": train_seconds,
         "put_seconds": put_seconds,
+        "local_epochs": epochs,
+        "batch_size": batch_size,
+        "device": device,
         "host": socket.gethostname(),
         "pid": os.getpid(),
     }
@@ -167,16 +182,22 @@ def aggregate_updates(
     }
 
 
-def evaluate_global(config: ExperimentConfig, global_model: Mapping[str, Any]) -> dict[str, Any]:
+def evaluate_global(
+    config: ExperimentConfig,
+    global_model: Mapping[str, Any],
+    options: SiteOptions | None = None,
+) -> dict[str, Any]:
     """Aggregator: accuracy and loss of the global model on the global test set."""
-    torch.set_num_threads(config.torch_threads)
-    test = load_dataset(config.dataset, config.data_dir, config.seed, config.test_fraction).test
+    options = options or SiteOptions()
+    torch.set_num_threads(options.torch_threads or config.torch_threads)
+    data_dir = options.data_dir or config.data_dir
+    test = load_dataset(config.dataset, data_dir, config.seed, config.test_fraction).test
     weights, resolve_seconds = resolve_weights(global_model["weights"])
-    model = new_model(config)
+    model = new_model(config, options.data_dir)
     load_weights(model, weights)
     del weights
     start = time.perf_counter()
-    accuracy, loss = evaluate(model, test)
+    accuracy, loss = evaluate(model, test, device=options.device or "cpu")
     return {
         "accuracy": accuracy,
         "loss": loss,

@@ -29,6 +29,7 @@ PARTITIONS = ("iid", "dirichlet")
 DATASETS = ("digits",)
 MODELS = ("cnn",)
 STORE_BACKENDS = ("file",)
+DEVICES = ("cpu", "cuda", "mps")
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,23 @@ class StoreSettings:
     directory: str | None = None
     #: Record every store read/write with its process id in ``store-access.log`` (auditing).
     access_log: bool = False
+
+
+@dataclass(frozen=True)
+class SiteOptions:
+    """Settings of one site executor (a machine), overriding the experiment's where set.
+
+    They come from the Parsl config module's ``site_options`` (e.g. a Pi inventory) and from the
+    experiment's ``site_options`` section, both keyed by executor label.
+    """
+
+    batch_size: int | None = None
+    local_epochs: int | None = None
+    torch_threads: int | None = None
+    #: ``cpu`` (default), ``cuda``, ``cuda:1`` or ``mps``.
+    device: str | None = None
+    #: Where this site reads its data.
+    data_dir: str | None = None
 
 
 @dataclass(frozen=True)
@@ -73,6 +91,8 @@ class ExperimentConfig:
     #: Parent directory of run directories.
     runs_dir: str = "runs"
     store: StoreSettings = field(default_factory=StoreSettings)
+    #: Executor label -> :class:`SiteOptions`; overrides what the Parsl config module sets.
+    site_options: dict[str, SiteOptions] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """The settings as plain data, in the shape of the YAML file."""
@@ -156,6 +176,10 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
             raise ConfigError(f"{key}: must be a section (mapping), got {value!r}")
         return _build(hint, value, prefix=f"{key}.")
     args = typing.get_args(hint)
+    if typing.get_origin(hint) is dict:
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{key}: must be a section (mapping), got {value!r}")
+        return {str(k): _coerce(f"{key}.{k}", v, args[1]) for k, v in value.items()}
     if typing.get_origin(hint) in (typing.Union, types.UnionType) and type(None) in args:
         if value is None or (isinstance(value, str) and value.lower() in ("null", "none", "")):
             return None
@@ -239,8 +263,44 @@ def validate(config: ExperimentConfig) -> None:
         raise ConfigError(f"lr: must be greater than 0, got {config.lr}")
     if not 0.0 <= config.momentum < 1.0:
         raise ConfigError(f"momentum: must be in [0, 1), got {config.momentum}")
+    for label, options in config.site_options.items():
+        validate_site_options(options, f"site_options.{label}")
     if not config.name or "/" in config.name:
         raise ConfigError(f"name: must be a non-empty name without '/', got {config.name!r}")
+
+
+def validate_site_options(options: SiteOptions, key: str) -> None:
+    """Check one site's options; ``key`` names where they came from in the message."""
+    for name in ("batch_size", "local_epochs", "torch_threads"):
+        value = getattr(options, name)
+        if value is not None and value <= 0:
+            raise ConfigError(f"{key}.{name}: must be at least 1, got {value}")
+    if options.device is not None and options.device.split(":", 1)[0] not in DEVICES:
+        raise unknown_choice(f"{key}.device", options.device, DEVICES)
+
+
+def merge_site_options(base: SiteOptions, override: SiteOptions) -> SiteOptions:
+    """``override``'s fields where set, else ``base``'s."""
+    return SiteOptions(
+        **{
+            f.name: getattr(override, f.name)
+            if getattr(override, f.name) is not None
+            else getattr(base, f.name)
+            for f in fields(SiteOptions)
+        }
+    )
+
+
+def site_options_from(data: Mapping[str, Any], key: str) -> dict[str, SiteOptions]:
+    """Build and validate ``{label: SiteOptions}`` from plain data (YAML or a config module)."""
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{key}: must be a mapping of executor label to options, got {data!r}")
+    built = {
+        str(label): _coerce(f"{key}.{label}", value, SiteOptions) for label, value in data.items()
+    }
+    for label, options in built.items():
+        validate_site_options(options, f"{key}.{label}")
+    return built
 
 
 # ----------------------------------------------------------------------------------------------
@@ -254,6 +314,8 @@ def option_names(cls: type[Any] = ExperimentConfig, prefix: str = "") -> list[st
     for f in fields(cls):
         if dataclasses.is_dataclass(hints[f.name]):
             names.extend(option_names(hints[f.name], prefix=f"{prefix}{f.name}."))
+        elif typing.get_origin(hints[f.name]) is dict:
+            continue  # per-label sections are set in YAML, or as --section.LABEL.KEY VALUE
         else:
             names.append(f"{prefix}{f.name}")
     return names
@@ -268,13 +330,32 @@ def add_override_options(parser: argparse.ArgumentParser) -> None:
         )
 
 
-def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
-    """The ``--KEY VALUE`` settings the user actually gave."""
-    return {
+def overrides_from_args(args: argparse.Namespace, extra: Sequence[str] = ()) -> dict[str, Any]:
+    """The ``--KEY VALUE`` settings the user actually gave.
+
+    Args:
+        args: Parsed arguments (from a parser set up by :func:`add_override_options`).
+        extra: Leftover arguments; only ``--site_options.LABEL.KEY VALUE`` pairs are allowed.
+    """
+    overrides = {
         key.removeprefix("set:"): value
         for key, value in vars(args).items()
         if key.startswith("set:")
     }
+    tokens = list(extra)
+    while tokens:
+        token = tokens.pop(0)
+        name, has_value, value = token.partition("=")
+        if not name.startswith("--site_options.") or name.count(".") != 2:
+            raise ConfigError(
+                f"unknown option {token!r}{did_you_mean(name, ['--' + n for n in option_names()])}"
+            )
+        if not has_value:
+            if not tokens:
+                raise ConfigError(f"{name}: needs a value")
+            value = tokens.pop(0)
+        overrides[name.removeprefix("--")] = value
+    return overrides
 
 
 def to_yaml(config: ExperimentConfig, extra: Mapping[str, Any] | None = None) -> str:

@@ -27,17 +27,9 @@ ROUND_COLUMNS = [
     "train_loss",  # sample-weighted mean of the sites' last-epoch training loss
 ]
 SITE_COLUMNS = [
-    "round",
-    "site",
-    "executor",
-    "host",
-    "pid",
-    "num_samples",
-    "train_loss",
-    "resolve_seconds",
-    "train_seconds",
-    "put_seconds",
-]
+    "round", "site", "executor", "host", "pid", "device", "num_samples", "local_epochs",
+    "batch_size", "train_loss", "resolve_seconds", "train_seconds", "put_seconds",
+]  # fmt: skip
 
 
 def create_run_dir(runs_dir: str | Path, experiment: str) -> Path:

@@ -22,13 +22,12 @@ from pathlib import Path
 from typing import Any
 
 import parsl
-from parsl.config import Config
 from proxystore.store.base import Store
 
 from proxyflox.apps import bind_apps
 from proxyflox.config import ExperimentConfig
 from proxyflox.results import SITE_COLUMNS, CsvLog, round_columns
-from proxyflox.sites import assign_sites, site_executor_labels
+from proxyflox.sites import Deployment, assign_sites, site_executor_labels
 from proxyflox.stores import evict_weights, open_store
 
 
@@ -46,16 +45,18 @@ class RunResult:
 
 def run_federation(
     config: ExperimentConfig,
-    parsl_config: Config,
+    deployment: Deployment,
     run_dir: Path,
     *,
     progress: Callable[[str], None] = print,
 ) -> RunResult:
-    """Run ``config.rounds`` rounds of FedAvg on the executors of ``parsl_config``.
+    """Run ``config.rounds`` rounds of FedAvg on the executors of a deployment.
 
     Parsl is shut down on every exit path (errors and Ctrl-C included), and every object the run
     put into the store is evicted.
     """
+    parsl_config = deployment.parsl_config
+    options = deployment.options_for(config)
     site_labels = site_executor_labels(parsl_config, config.aggregator)
     num_sites = config.sites or len(site_labels)
     placement = assign_sites(num_sites, site_labels)
@@ -80,7 +81,13 @@ def run_federation(
                 start = time.perf_counter()
                 trains = [
                     apps.train[placement[site]](
-                        config, site, num_sites, round_number, global_model, store_config
+                        config,
+                        site,
+                        num_sites,
+                        round_number,
+                        global_model,
+                        store_config,
+                        options[placement[site]],
                     )
                     for site in range(num_sites)
                 ]
@@ -90,7 +97,7 @@ def run_federation(
                     store_config=store_config,
                     save_path=str(run_dir / "model.pt") if last else None,
                 )
-                evaluation = apps.evaluate(config, aggregate)
+                evaluation = apps.evaluate(config, aggregate, options[config.aggregator])
                 in_flight.extend([*trains, aggregate])
                 # Sites first, so a failing site surfaces as itself, not as a dependency error.
                 updates = [train.result() for train in trains]

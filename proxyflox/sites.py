@@ -10,11 +10,19 @@ from __future__ import annotations
 import importlib.util
 import itertools
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from parsl.config import Config
 
-from proxyflox.config import ConfigError, did_you_mean
+from proxyflox.config import (
+    ConfigError,
+    ExperimentConfig,
+    SiteOptions,
+    did_you_mean,
+    merge_site_options,
+    site_options_from,
+)
 
 #: Where ``--config NAME`` looks when NAME is not a path.
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "parsl_configs"
@@ -40,8 +48,35 @@ def find_config_file(name: str) -> Path:
     )
 
 
-def load_parsl_config(name: str) -> Config:
-    """Import a config module afresh and return its ``config``.
+@dataclass
+class Deployment:
+    """A loaded config module: the Parsl ``config`` and optional per-executor ``site_options``."""
+
+    parsl_config: Config
+    path: Path
+    site_options: dict[str, SiteOptions] = field(default_factory=dict)
+
+    def options_for(self, experiment: ExperimentConfig) -> dict[str, SiteOptions]:
+        """Options of every executor: the module's, overridden field by field by the
+        experiment's ``site_options``."""
+        labels = [executor.label for executor in self.parsl_config.executors]
+        for label in experiment.site_options:
+            if label not in labels:
+                raise ConfigError(
+                    f"site_options.{label}: no executor labelled {label!r} in {self.path.name}"
+                    f"{did_you_mean(label, labels)}; labels: {', '.join(labels)}"
+                )
+        return {
+            label: merge_site_options(
+                self.site_options.get(label, SiteOptions()),
+                experiment.site_options.get(label, SiteOptions()),
+            )
+            for label in labels
+        }
+
+
+def load_deployment(name: str) -> Deployment:
+    """Import a config module afresh; return its ``config`` and ``site_options``.
 
     Each call executes the module again, because a Parsl ``Config``'s executors can be loaded
     only once.
@@ -67,7 +102,15 @@ def load_parsl_config(name: str) -> Config:
             f"config: {path} must define `config`, a parsl.config.Config "
             f"(found {type(config).__name__})"
         )
-    return config
+    options = site_options_from(getattr(module, "site_options", {}), f"{path.name}: site_options")
+    labels = [executor.label for executor in config.executors]
+    for label in options:
+        if label not in labels:
+            raise ConfigError(
+                f"{path.name}: site_options names executor {label!r}, which the config does not "
+                f"have{did_you_mean(label, labels)}; labels: {', '.join(labels)}"
+            )
+    return Deployment(config, path, options)
 
 
 def site_executor_labels(config: Config, aggregator: str) -> list[str]:

@@ -23,6 +23,7 @@ def train_local(
     lr: float,
     momentum: float,
     shuffle_seed: int,
+    device: str = "cpu",
 ) -> float:
     """SGD with momentum over ``data`` for ``epochs`` (a fresh optimizer each call).
 
@@ -32,15 +33,16 @@ def train_local(
     Returns:
         Mean training loss over the last epoch.
     """
-    x = torch.from_numpy(data.x)
-    y = torch.from_numpy(data.y)
+    model.to(device)
+    x = torch.from_numpy(data.x).to(device)
+    y = torch.from_numpy(data.y).to(device)
     generator = torch.Generator().manual_seed(shuffle_seed)
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
     loss_fn = nn.CrossEntropyLoss()
     model.train()
     mean_loss = float("nan")
     for _ in range(epochs):
-        order = torch.randperm(len(y), generator=generator)
+        order = torch.randperm(len(y), generator=generator).to(device)
         total, seen = 0.0, 0
         for start in range(0, len(y), batch_size):
             batch = order[start : start + batch_size]
@@ -55,14 +57,17 @@ def train_local(
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, data: ArrayDataset, batch_size: int = 512) -> tuple[float, float]:
+def evaluate(
+    model: nn.Module, data: ArrayDataset, batch_size: int = 512, device: str = "cpu"
+) -> tuple[float, float]:
     """Accuracy and mean cross-entropy loss of ``model`` on ``data``."""
+    model.to(device)
     model.eval()
     loss_fn = nn.CrossEntropyLoss(reduction="sum")
     correct, loss = 0, 0.0
     for start in range(0, len(data), batch_size):
-        x = torch.from_numpy(data.x[start : start + batch_size])
-        y = torch.from_numpy(data.y[start : start + batch_size])
+        x = torch.from_numpy(data.x[start : start + batch_size]).to(device)
+        y = torch.from_numpy(data.y[start : start + batch_size]).to(device)
         logits = model(x)
         loss += float(loss_fn(logits, y))
         correct += int((logits.argmax(dim=1) == y).sum())

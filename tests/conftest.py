@@ -11,7 +11,7 @@ import pytest
 from proxyflox.config import load_experiment
 from proxyflox.results import create_run_dir
 from proxyflox.rounds import RunResult, run_federation
-from proxyflox.sites import load_parsl_config
+from proxyflox.sites import load_deployment
 from tests.helpers import DEFAULT_EXPERIMENT
 
 
@@ -24,7 +24,7 @@ def run_local(tmp_path: Path) -> Callable[..., RunResult]:
         experiment = load_experiment(DEFAULT_EXPERIMENT, overrides)
         run_dir = create_run_dir(experiment.runs_dir, experiment.name)
         return run_federation(
-            experiment, load_parsl_config(config), run_dir, progress=lambda line: None
+            experiment, load_deployment(config), run_dir, progress=lambda line: None
         )
 
     return run

@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Run federated averaging: python workflows/fedavg.py [--config local.py] [--experiment X.yaml]
-[--KEY VALUE ...]. Settings come from the experiment YAML file, overridden by --KEY VALUE."""
+[--KEY VALUE ...]. Settings come from the experiment YAML file, overridden by --KEY VALUE
+(per-site options as --site_options.LABEL.KEY VALUE)."""
 
 from __future__ import annotations
 
@@ -21,13 +22,13 @@ from proxyflox.config import (
 )
 from proxyflox.results import create_run_dir
 from proxyflox.rounds import run_federation
-from proxyflox.sites import find_config_file, load_parsl_config
+from proxyflox.sites import load_deployment
 
 DEFAULT_EXPERIMENT = Path(__file__).resolve().parent.parent / "experiments" / "digits_fedavg.yaml"
 EXIT_BAD_INPUT = 2
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument(
         "--config",
@@ -41,7 +42,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
     add_override_options(parser)
-    return parser.parse_args(argv)
+    return parser
 
 
 def _stop_on_sigterm(signum: int, frame: FrameType | None) -> None:
@@ -49,11 +50,11 @@ def _stop_on_sigterm(signum: int, frame: FrameType | None) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+    args, extra = build_parser().parse_known_args(argv)
     try:
-        experiment = load_experiment(args.experiment, overrides_from_args(args))
-        config_path = find_config_file(args.config)
-        parsl_config = load_parsl_config(str(config_path))
+        experiment = load_experiment(args.experiment, overrides_from_args(args, extra))
+        deployment = load_deployment(args.config)
+        deployment.options_for(experiment)  # fails here, before a run directory exists
     except ConfigError as err:
         if args.debug:
             traceback.print_exc()
@@ -62,13 +63,15 @@ def main(argv: list[str] | None = None) -> int:
 
     # Everything the user typed is valid: only now does the run directory appear.
     run_dir = create_run_dir(experiment.runs_dir, experiment.name)
-    (run_dir / "config.yaml").write_text(to_yaml(experiment, {"parsl_config": str(config_path)}))
+    (run_dir / "config.yaml").write_text(
+        to_yaml(experiment, {"parsl_config": str(deployment.path)})
+    )
     print(f"run directory: {run_dir}", flush=True)
     signal.signal(signal.SIGTERM, _stop_on_sigterm)
     start = time.perf_counter()
     try:
         result = run_federation(
-            experiment, parsl_config, run_dir, progress=lambda line: print(line, flush=True)
+            experiment, deployment, run_dir, progress=lambda line: print(line, flush=True)
         )
     except KeyboardInterrupt:
         print(f"interrupted; finished rounds are in {run_dir}", file=sys.stderr)
