@@ -15,15 +15,24 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from parsl import python_app
 from proxystore.store.config import StoreConfig
 
-from proxyflox.config import ExperimentConfig, SiteOptions
-from proxyflox.data import ArrayDataset, load_dataset
+from proxyflox.config import ConfigError, ExperimentConfig, SiteOptions
+from proxyflox.data import (
+    TEST,
+    TRAIN,
+    ArrayDataset,
+    DatasetInfo,
+    dataset_info,
+    load_folder,
+    load_split,
+)
 from proxyflox.data.partition import partition
 from proxyflox.models import build_model
-from proxyflox.stores import put_weights, resolve_weights
+from proxyflox.stores import enter_site, put_weights, resolve_weights
 from proxyflox.strategies import FedAvg
 from proxyflox.training import derive_seed, evaluate, train_local
 from proxyflox.weights import Weights, load_weights, save_weights, weights_nbytes, weights_of
@@ -33,18 +42,44 @@ _PARTITION_STREAM, _INIT_STREAM, _SHUFFLE_STREAM = 1, 2, 3
 
 
 def site_data(
-    config: ExperimentConfig, site: int, num_sites: int, data_dir: str | None = None
+    config: ExperimentConfig,
+    site: int,
+    num_sites: int,
+    data_dir: str | None = None,
+    *,
+    split: str = TRAIN,
+    info: DatasetInfo | None = None,
 ) -> ArrayDataset:
-    """The training samples of one site: its partition of the dataset's training split."""
+    """One site's samples, computed where the site runs (nothing is shipped to it).
+
+    Args:
+        config: The experiment.
+        site: Site number.
+        num_sites: Number of sites the data is split over.
+        data_dir: This site's own ``data_dir`` (default: the experiment's).
+        split: ``train``: its training samples; ``test``: its local test samples.
+        info: The dataset facts that travel with the global model; with ``folder`` they map a
+            site's class folders to the aggregator's label numbers.
+
+    For the partitioned datasets this is the site's share of the split, partitioned from the
+    seed (the test split by the same plan, so a site's local test set has the label mix of its
+    training data). For ``folder`` it is the machine's own data, unpartitioned.
+    ``samples_per_site`` caps training samples only.
+    """
     return _site_data(
         config.dataset,
         data_dir or config.data_dir,
+        config.download,
         config.seed,
         config.test_fraction,
         config.partition,
         config.alpha,
+        config.classes_per_site,
+        config.samples_per_site,
         num_sites,
         site,
+        split,
+        info,
     )
 
 
@@ -52,18 +87,50 @@ def site_data(
 def _site_data(
     dataset: str,
     data_dir: str | None,
+    download: bool,
     seed: int,
     test_fraction: float,
     scheme: str,
     alpha: float,
+    classes_per_site: int,
+    samples_per_site: int | None,
     num_sites: int,
     site: int,
+    split: str,
+    info: DatasetInfo | None,
 ) -> ArrayDataset:
-    train = load_dataset(dataset, data_dir, seed, test_fraction).train
+    cap = samples_per_site if split == TRAIN else None
+    what = "training samples" if split == TRAIN else "test samples (evaluate_sites)"
+    if dataset == "folder":
+        if data_dir is None:
+            raise ConfigError(
+                f"data_dir: dataset folder: site {site} has no data_dir; set data_dir, or "
+                "site_options.LABEL.data_dir for its executor"
+            )
+        local = load_folder(data_dir, info.classes if info is not None else None)
+        data = local.train if split == TRAIN else local.test
+        if data is None:
+            raise ConfigError(
+                f"evaluate_sites: site {site}'s data at {data_dir} has no local test split "
+                "(a test/ folder next to train/, or x_test and y_test in the .npz)"
+            )
+        if cap is None or cap >= len(data):
+            return data
+        rng = np.random.default_rng(derive_seed(seed, _PARTITION_STREAM, site))
+        return data.subset(np.sort(rng.permutation(len(data))[:cap]))
+    full = load_split(dataset, data_dir, split, seed, test_fraction, download)
     parts = partition(
-        train.y, num_sites, scheme, seed=derive_seed(seed, _PARTITION_STREAM), alpha=alpha
+        full.y,
+        num_sites,
+        scheme,
+        seed=derive_seed(seed, _PARTITION_STREAM),
+        alpha=alpha,
+        classes_per_site=classes_per_site,
+        samples_per_site=cap,
+        num_classes=(info or dataset_info(dataset, data_dir)).num_classes,
+        what=what,
     )
-    return train.subset(parts[site])
+    return full.subset(parts[site])
 
 
 def shuffle_seed(config: ExperimentConfig, round_number: int, site: int) -> int:
@@ -71,21 +138,55 @@ def shuffle_seed(config: ExperimentConfig, round_number: int, site: int) -> int:
     return derive_seed(config.seed, _SHUFFLE_STREAM, round_number, site)
 
 
-def new_model(config: ExperimentConfig, data_dir: str | None = None) -> torch.nn.Module:
-    """The model architecture of the experiment, randomly initialised from the run seed."""
-    splits = load_dataset(
-        config.dataset, data_dir or config.data_dir, config.seed, config.test_fraction
-    )
+def new_model(config: ExperimentConfig, info: DatasetInfo | None = None) -> torch.nn.Module:
+    """The model architecture of the experiment, randomly initialised from the run seed.
+
+    Args:
+        config: The experiment.
+        info: Input shape and classes (default: the dataset's, read at the experiment's
+            ``data_dir`` for ``folder``).
+    """
+    info = info or dataset_info(config.dataset, config.data_dir)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(derive_seed(config.seed, _INIT_STREAM))
-        return build_model(config.model, splits.input_shape, splits.num_classes)
+        return build_model(
+            config.model,
+            info.input_shape,
+            info.num_classes,
+            depth=config.depth,
+            width_multiplier=config.width_multiplier,
+        )
 
 
-def init_global_model(config: ExperimentConfig, store_config: StoreConfig | None) -> dict[str, Any]:
-    """Aggregator: build the initial global model and put it into the store."""
-    weights = weights_of(new_model(config))
+def model_dataset(
+    config: ExperimentConfig, global_model: Mapping[str, Any], data_dir: str | None
+) -> DatasetInfo:
+    """The dataset facts travelling with a global model, or (for a model dict without them)
+    the dataset's own as seen from ``data_dir``."""
+    info = global_model.get("dataset")
+    return info if info is not None else dataset_info(config.dataset, data_dir or config.data_dir)
+
+
+def init_global_model(
+    config: ExperimentConfig, store_config: StoreConfig | None, options: SiteOptions | None = None
+) -> dict[str, Any]:
+    """Aggregator: build the initial global model and put it into the store.
+
+    The result carries the dataset facts (input shape, classes; for ``folder`` those of the
+    aggregator's data) under ``"dataset"``; every later global model passes them on, so sites
+    build the same architecture and label classes the same way.
+    """
+    options = options or SiteOptions()
+    enter_site(options)
+    info = dataset_info(config.dataset, options.data_dir or config.data_dir)
+    weights = weights_of(new_model(config, info))
     ref, put_seconds = put_weights(weights, store_config)
-    return {"weights": ref, "model_bytes": weights_nbytes(weights), "put_seconds": put_seconds}
+    return {
+        "weights": ref,
+        "dataset": info,
+        "model_bytes": weights_nbytes(weights),
+        "put_seconds": put_seconds,
+    }
 
 
 def train_site(
@@ -103,13 +204,17 @@ def train_site(
 
     Returns:
         ``{"weights": <ref to the update>, "num_samples", "train_loss", "resolve_seconds",
-        "train_seconds", "put_seconds", "site", "host", "pid"}``; every time is measured here.
+        "train_seconds", "put_seconds", "site", "host", "pid", "netns", "batch_job",
+        "class_counts", "dataset"}``; every time is measured here. ``class_counts`` (samples
+        per class) is what the run's ``partition.csv`` is made of.
     """
     options = options or SiteOptions()
+    enter_site(options)
     torch.set_num_threads(options.torch_threads or config.torch_threads)
-    data = site_data(config, site, num_sites, options.data_dir)
+    info = model_dataset(config, global_model, options.data_dir)
+    data = site_data(config, site, num_sites, options.data_dir, info=info)
     weights, resolve_seconds = resolve_weights(global_model["weights"])
-    model = new_model(config, options.data_dir)
+    model = new_model(config, info)
     load_weights(model, weights)
     del weights
     start = time.perf_counter()
@@ -132,6 +237,8 @@ def train_site(
         "weights": ref,
         "site": site,
         "num_samples": len(data),
+        "class_counts": np.bincount(data.y, minlength=info.num_classes).tolist(),
+        "dataset": info,
         "train_loss": train_loss,
         "resolve_seconds": resolve_seconds,
         "train_seconds": train_seconds,
@@ -141,13 +248,25 @@ def train_site(
         "device": device,
         "host": socket.gethostname(),
         "pid": os.getpid(),
+        "netns": _network_namespace(),
+        "batch_job": os.environ.get("SLURM_JOB_ID") or os.environ.get("PBS_JOBID", ""),
     }
+
+
+def _network_namespace() -> str:
+    """This process's network namespace (``net:[4026531840]``), telling apart sites that share a
+    host name (containers, namespaces); empty where ``/proc`` has no such entry."""
+    try:
+        return os.readlink("/proc/self/ns/net")
+    except OSError:
+        return ""
 
 
 def aggregate_updates(
     *train_results: Mapping[str, Any],
     store_config: StoreConfig | None,
     save_path: str | None = None,
+    options: SiteOptions | None = None,
 ) -> dict[str, Any]:
     """Aggregator: FedAvg over the sites' updates, resolving one update at a time.
 
@@ -155,7 +274,9 @@ def aggregate_updates(
         train_results: The train apps' results (Parsl passes their futures' values).
         store_config: Where to put the new global model (``None``: return it directly).
         save_path: Also write the new global model there (the final ``model.pt``).
+        options: The aggregator's options.
     """
+    enter_site(options or SiteOptions())
     resolve_seconds = 0.0
 
     def updates() -> Iterator[tuple[Weights, int]]:
@@ -174,6 +295,7 @@ def aggregate_updates(
     ref, put_seconds = put_weights(new_global, store_config)
     return {
         "weights": ref,
+        "dataset": train_results[0].get("dataset"),  # passed on to the next round's sites
         "model_bytes": weights_nbytes(new_global),
         "num_updates": len(train_results),
         "aggregate_seconds": aggregate_seconds,
@@ -189,11 +311,14 @@ def evaluate_global(
 ) -> dict[str, Any]:
     """Aggregator: accuracy and loss of the global model on the global test set."""
     options = options or SiteOptions()
+    enter_site(options)
     torch.set_num_threads(options.torch_threads or config.torch_threads)
     data_dir = options.data_dir or config.data_dir
-    test = load_dataset(config.dataset, data_dir, config.seed, config.test_fraction).test
+    test = load_split(
+        config.dataset, data_dir, TEST, config.seed, config.test_fraction, config.download
+    )
     weights, resolve_seconds = resolve_weights(global_model["weights"])
-    model = new_model(config, options.data_dir)
+    model = new_model(config, model_dataset(config, global_model, data_dir))
     load_weights(model, weights)
     del weights
     start = time.perf_counter()
@@ -201,6 +326,42 @@ def evaluate_global(
     return {
         "accuracy": accuracy,
         "loss": loss,
+        "evaluate_seconds": time.perf_counter() - start,
+        "resolve_seconds": resolve_seconds,
+    }
+
+
+def evaluate_site(
+    config: ExperimentConfig,
+    site: int,
+    num_sites: int,
+    global_model: Mapping[str, Any],
+    options: SiteOptions | None = None,
+) -> dict[str, Any]:
+    """Site: accuracy and loss of the global model on the site's own local test data
+    (``evaluate_sites: true``); the data never leaves the site.
+
+    Returns:
+        ``{"site", "accuracy", "loss", "num_samples", "class_counts", "evaluate_seconds",
+        "resolve_seconds"}``.
+    """
+    options = options or SiteOptions()
+    enter_site(options)
+    torch.set_num_threads(options.torch_threads or config.torch_threads)
+    info = model_dataset(config, global_model, options.data_dir)
+    data = site_data(config, site, num_sites, options.data_dir, split=TEST, info=info)
+    weights, resolve_seconds = resolve_weights(global_model["weights"])
+    model = new_model(config, info)
+    load_weights(model, weights)
+    del weights
+    start = time.perf_counter()
+    accuracy, loss = evaluate(model, data, device=options.device or "cpu")
+    return {
+        "site": site,
+        "accuracy": accuracy,
+        "loss": loss,
+        "num_samples": len(data),
+        "class_counts": np.bincount(data.y, minlength=info.num_classes).tolist(),
         "evaluate_seconds": time.perf_counter() - start,
         "resolve_seconds": resolve_seconds,
     }
@@ -215,6 +376,8 @@ class FederationApps:
     train: Mapping[str, Callable[..., Any]]
     aggregate: Callable[..., Any]
     evaluate: Callable[..., Any]
+    #: Per site executor: local evaluation of the global model (``evaluate_sites: true``).
+    evaluate_site: Mapping[str, Callable[..., Any]]
 
 
 def bind_apps(site_labels: list[str], aggregator_label: str) -> FederationApps:
@@ -225,4 +388,7 @@ def bind_apps(site_labels: list[str], aggregator_label: str) -> FederationApps:
         train={label: python_app(train_site, executors=[label]) for label in site_labels},
         aggregate=python_app(aggregate_updates, executors=on_aggregator),
         evaluate=python_app(evaluate_global, executors=on_aggregator),
+        evaluate_site={
+            label: python_app(evaluate_site, executors=[label]) for label in site_labels
+        },
     )

@@ -25,10 +25,12 @@ class ConfigError(ValueError):
 
 
 TRANSFER_MODES = ("proxy", "direct")
-PARTITIONS = ("iid", "dirichlet")
-DATASETS = ("digits",)
-MODELS = ("cnn",)
-STORE_BACKENDS = ("file",)
+PARTITIONS = ("iid", "dirichlet", "shards")
+DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10", "folder")
+MODELS = ("cnn", "depth_cnn", "mobilenet")
+STORE_BACKENDS = ("file", "redis", "endpoint")
+#: The only place a Redis password is read from (it never enters settings, logs or proxies).
+REDIS_PASSWORD_ENV = "PROXYFLOX_REDIS_PASSWORD"
 DEVICES = ("cpu", "cuda", "mps")
 
 
@@ -37,8 +39,15 @@ class StoreSettings:
     """Where model weights live while they travel between apps."""
 
     backend: str = "file"
-    #: Directory of the file store; default: ``store/`` inside the run directory.
+    #: ``file``: the directory; default ``store/`` inside the run directory.
     directory: str | None = None
+    #: ``redis``: server address as every site can reach it (never ``localhost`` across
+    #: machines); the password comes only from the environment variable REDIS_PASSWORD_ENV.
+    host: str = "127.0.0.1"
+    port: int = 6379
+    #: ``endpoint``: the endpoints file written by ``python -m proxyflox.endpoints up`` (or by
+    #: hand) listing every endpoint's UUID and, per executor label, its ProxyStore home.
+    endpoints_file: str | None = None
     #: Record every store read/write with its process id in ``store-access.log`` (auditing).
     access_log: bool = False
 
@@ -58,6 +67,9 @@ class SiteOptions:
     device: str | None = None
     #: Where this site reads its data.
     data_dir: str | None = None
+    #: ProxyStore home of this site's endpoint (``store.backend: endpoint``); default: the
+    #: site's own default home, where ``proxystore-endpoint configure`` puts endpoints.
+    proxystore_home: str | None = None
 
 
 @dataclass(frozen=True)
@@ -66,17 +78,32 @@ class ExperimentConfig:
 
     name: str = "digits-fedavg"
     dataset: str = "digits"
-    #: Where datasets are read from when they do not ship inside a package.
+    #: Where datasets are read from when they do not ship inside a package (``folder``: each
+    #: machine's own data, unless its ``site_options`` set another path).
     data_dir: str | None = None
-    #: Fraction of the dataset held out (stratified) as the aggregator's global test set.
+    #: Let torchvision download the dataset into ``data_dir`` (needs internet on every site).
+    download: bool = False
+    #: Fraction of ``digits`` held out (stratified) as the global test set; the other datasets
+    #: have their own test split.
     test_fraction: float = 0.2
     partition: str = "iid"
     #: Dirichlet concentration over labels, smaller is more skewed (``partition: dirichlet``).
     alpha: float = 0.5
+    #: Classes each site holds with ``partition: shards``.
+    classes_per_site: int = 2
+    #: Cap on each site's training samples (a seeded random subset); ``null``: no cap.
+    samples_per_site: int | None = None
     #: Number of sites (data partitions); ``null`` means one per site executor of the Parsl config.
     sites: int | None = None
     rounds: int = 10
     model: str = "cnn"
+    #: Number of Conv64+BatchNorm blocks of ``model: depth_cnn``.
+    depth: int = 1
+    #: Channel scale of ``model: mobilenet``.
+    width_multiplier: float = 1.0
+    #: Also evaluate each new global model on every site's local test data (per site in
+    #: ``rounds.csv``).
+    evaluate_sites: bool = False
     local_epochs: int = 1
     batch_size: int = 32
     lr: float = 0.1
@@ -247,9 +274,13 @@ def validate(config: ExperimentConfig) -> None:
         "local_epochs": config.local_epochs,
         "batch_size": config.batch_size,
         "torch_threads": config.torch_threads,
+        "classes_per_site": config.classes_per_site,
+        "depth": config.depth,
     }
     if config.sites is not None:
         positive_ints["sites"] = config.sites
+    if config.samples_per_site is not None:
+        positive_ints["samples_per_site"] = config.samples_per_site
     for key, value in positive_ints.items():
         if value <= 0:
             raise ConfigError(f"{key}: must be at least 1, got {value}")
@@ -259,12 +290,23 @@ def validate(config: ExperimentConfig) -> None:
         )
     if config.alpha <= 0:
         raise ConfigError(f"alpha: must be greater than 0, got {config.alpha}")
+    if config.width_multiplier <= 0:
+        raise ConfigError(
+            f"width_multiplier: must be greater than 0, got {config.width_multiplier}"
+        )
     if config.lr <= 0:
         raise ConfigError(f"lr: must be greater than 0, got {config.lr}")
     if not 0.0 <= config.momentum < 1.0:
         raise ConfigError(f"momentum: must be in [0, 1), got {config.momentum}")
     for label, options in config.site_options.items():
         validate_site_options(options, f"site_options.{label}")
+    if not 0 < config.store.port < 65536:
+        raise ConfigError(f"store.port: must be a TCP port (1-65535), got {config.store.port}")
+    if config.store.backend == "endpoint" and not config.store.endpoints_file:
+        raise ConfigError(
+            "store.endpoints_file: required with store.backend endpoint "
+            "(python -m proxyflox.endpoints up writes one)"
+        )
     if not config.name or "/" in config.name:
         raise ConfigError(f"name: must be a non-empty name without '/', got {config.name!r}")
 

@@ -27,8 +27,8 @@ ROUND_COLUMNS = [
     "train_loss",  # sample-weighted mean of the sites' last-epoch training loss
 ]
 SITE_COLUMNS = [
-    "round", "site", "executor", "host", "pid", "device", "num_samples", "local_epochs",
-    "batch_size", "train_loss", "resolve_seconds", "train_seconds", "put_seconds",
+    "round", "site", "executor", "host", "pid", "netns", "batch_job", "device", "num_samples",
+    "local_epochs", "batch_size", "train_loss", "resolve_seconds", "train_seconds", "put_seconds",
 ]  # fmt: skip
 
 
@@ -75,12 +75,48 @@ def _format(value: Any) -> Any:
     return f"{value:.6g}" if isinstance(value, float) else value
 
 
-def round_columns(num_sites: int) -> list[str]:
-    """Columns of ``rounds.csv``: the round summary, then each site's train and resolve seconds."""
+def round_columns(num_sites: int, evaluate_sites: bool = False) -> list[str]:
+    """Columns of ``rounds.csv``: the round summary, then each site's train and resolve seconds,
+    then (``evaluate_sites``) each site's local accuracy and loss."""
     per_site = [
         f"site{site}_{what}_seconds" for site in range(num_sites) for what in ("train", "resolve")
     ]
+    if evaluate_sites:
+        per_site += [
+            f"site{site}_{what}" for site in range(num_sites) for what in ("accuracy", "loss")
+        ]
     return ROUND_COLUMNS + per_site
+
+
+#: Samples per class per site, written once the first round's sites have reported.
+PARTITION_FILE = "partition.csv"
+
+
+def write_partition(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Write ``partition.csv``: one row per site and split (``train``; ``test`` for the local
+    test sets of ``evaluate_sites``) with its samples in total and per class.
+
+    Args:
+        path: The file to write.
+        rows: ``{"site", "executor", "split", "class_counts"}`` each, as the sites counted them.
+    """
+    num_classes = max(len(row["class_counts"]) for row in rows)
+    columns = ["site", "executor", "split", "samples"] + [f"class_{c}" for c in range(num_classes)]
+    with open(path, "w", newline="") as file:
+        writer = csv.writer(file)
+        writer.writerow(columns)
+        for row in rows:
+            counts = list(row["class_counts"])
+            writer.writerow([row["site"], row["executor"], row["split"], sum(counts), *counts])
+
+
+def read_partition(run_dir: str | Path) -> list[dict[str, str]]:
+    """The rows of a run's ``partition.csv`` (empty if the run wrote none)."""
+    path = Path(run_dir) / PARTITION_FILE
+    if not path.exists():
+        return []
+    with open(path, newline="") as file:
+        return list(csv.DictReader(file))
 
 
 def read_rounds(run_dir: str | Path) -> list[dict[str, str]]:

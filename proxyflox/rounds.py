@@ -25,10 +25,16 @@ import parsl
 from proxystore.store.base import Store
 
 from proxyflox.apps import bind_apps
-from proxyflox.config import ExperimentConfig
-from proxyflox.results import SITE_COLUMNS, CsvLog, round_columns
+from proxyflox.config import ConfigError, ExperimentConfig, SiteOptions, merge_site_options
+from proxyflox.results import (
+    PARTITION_FILE,
+    SITE_COLUMNS,
+    CsvLog,
+    round_columns,
+    write_partition,
+)
 from proxyflox.sites import Deployment, assign_sites, site_executor_labels
-from proxyflox.stores import evict_weights, open_store
+from proxyflox.stores import BACKENDS, evict_weights, open_store
 
 
 @dataclass
@@ -57,8 +63,21 @@ def run_federation(
     """
     parsl_config = deployment.parsl_config
     options = deployment.options_for(config)
+    if config.transfer == "proxy":
+        backend_options = BACKENDS[config.store.backend].site_options(config.store)
+        options = {
+            label: merge_site_options(backend_options.get(label, SiteOptions()), site)
+            for label, site in options.items()
+        }
     site_labels = site_executor_labels(parsl_config, config.aggregator)
     num_sites = config.sites or len(site_labels)
+    if config.dataset == "folder" and num_sites > len(site_labels):
+        # A site is a machine with its own data: two sites on one executor would read the
+        # same files and train on the same samples twice.
+        raise ConfigError(
+            f"sites: dataset folder needs one site executor per site, got sites={num_sites} "
+            f"and {len(site_labels)} site executor(s)"
+        )
     placement = assign_sites(num_sites, site_labels)
     parsl_config.run_dir = str(run_dir / "parsl")
     apps = bind_apps(sorted(set(placement)), config.aggregator)
@@ -69,12 +88,13 @@ def run_federation(
     store_config = store.config() if store is not None else None
 
     result = RunResult(run_dir)
-    rounds_log = CsvLog(run_dir / "rounds.csv", round_columns(num_sites))
+    rounds_log = CsvLog(run_dir / "rounds.csv", round_columns(num_sites, config.evaluate_sites))
     sites_log = CsvLog(run_dir / "sites.csv", SITE_COLUMNS)
     in_flight: list[Future[Any]] = []  # futures whose results may hold refs to evict
     try:
         with parsl.load(parsl_config):
-            init = apps.init(config, store_config)
+            on_aggregator = options[config.aggregator]
+            init = apps.init(config, store_config, on_aggregator)
             in_flight.append(init)
             global_model = init.result()
             for round_number in range(1, config.rounds + 1):
@@ -96,13 +116,21 @@ def run_federation(
                     *trains,
                     store_config=store_config,
                     save_path=str(run_dir / "model.pt") if last else None,
+                    options=on_aggregator,
                 )
-                evaluation = apps.evaluate(config, aggregate, options[config.aggregator])
+                evaluation = apps.evaluate(config, aggregate, on_aggregator)
+                local_evaluations = [
+                    apps.evaluate_site[placement[site]](
+                        config, site, num_sites, aggregate, options[placement[site]]
+                    )
+                    for site in (range(num_sites) if config.evaluate_sites else ())
+                ]
                 in_flight.extend([*trains, aggregate])
                 # Sites first, so a failing site surfaces as itself, not as a dependency error.
                 updates = [train.result() for train in trains]
                 new_global = aggregate.result()
                 metrics = evaluation.result()
+                local_metrics = [local.result() for local in local_evaluations]
                 round_seconds = time.perf_counter() - start
 
                 # The old global model and the updates are no longer needed by anyone.
@@ -113,7 +141,12 @@ def run_federation(
                 global_model = new_global
 
                 row = _round_row(round_number, updates, new_global, metrics, round_seconds)
+                for local in local_metrics:
+                    row[f"site{local['site']}_accuracy"] = local["accuracy"]
+                    row[f"site{local['site']}_loss"] = local["loss"]
                 rounds_log.write(row)
+                if round_number == 1:
+                    _write_partition_summary(run_dir, placement, updates, local_metrics)
                 for update in updates:
                     sites_log.write(
                         {"round": round_number, "executor": placement[update["site"]]}
@@ -134,7 +167,39 @@ def run_federation(
             _evict_outstanding(store, in_flight)
             store.close()
             _clean_store_dir(config, run_dir, progress)
+    _write_plots(run_dir, progress)
     return result
+
+
+def _write_partition_summary(
+    run_dir: Path,
+    placement: list[str],
+    updates: list[dict[str, Any]],
+    local_metrics: list[dict[str, Any]],
+) -> None:
+    """``partition.csv`` from the class counts the sites reported: the controller never loads
+    data to know how it is split."""
+    rows = [
+        {
+            "site": result["site"],
+            "executor": placement[result["site"]],
+            "split": split,
+            "class_counts": result["class_counts"],
+        }
+        for split, results in (("train", updates), ("test", local_metrics))
+        for result in results
+    ]
+    write_partition(run_dir / PARTITION_FILE, rows)
+
+
+def _write_plots(run_dir: Path, progress: Callable[[str], None]) -> None:
+    """The run's PNG plots; a plotting failure only warns, the CSV files are the results."""
+    from proxyflox.plot import plot_run  # matplotlib loads only when a run has finished
+
+    try:
+        plot_run(run_dir)
+    except Exception as err:
+        progress(f"warning: plots not written: {type(err).__name__}: {err}")
 
 
 def _round_row(

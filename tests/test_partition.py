@@ -48,7 +48,7 @@ def test_dirichlet_skews_labels_more_as_alpha_shrinks() -> None:
 
 
 def test_a_site_without_samples_is_a_clear_error() -> None:
-    with pytest.raises(ConfigError, match=r"leaves site\(s\) .* without samples"):
+    with pytest.raises(ConfigError, match=r"leaves \d+ of 200 site\(s\) .* without training samples"):
         partition(LABELS, 200, "dirichlet", seed=0, alpha=0.01)
 
 

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import time
@@ -20,9 +21,11 @@ from proxyflox.config import (
     overrides_from_args,
     to_yaml,
 )
+from proxyflox.inventory import INVENTORY_ENV
 from proxyflox.results import create_run_dir
 from proxyflox.rounds import run_federation
 from proxyflox.sites import load_deployment
+from proxyflox.stores import StoreUnreachableError, check_store
 
 DEFAULT_EXPERIMENT = Path(__file__).resolve().parent.parent / "experiments" / "digits_fedavg.yaml"
 EXIT_BAD_INPUT = 2
@@ -40,6 +43,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=str(DEFAULT_EXPERIMENT),
         help="experiment YAML file (default: experiments/digits_fedavg.yaml)",
     )
+    parser.add_argument(
+        "--inventory",
+        metavar="FILE",
+        help=f"Pi inventory YAML for --config pis.py (sets {INVENTORY_ENV})",
+    )
     parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
     add_override_options(parser)
     return parser
@@ -53,9 +61,14 @@ def main(argv: list[str] | None = None) -> int:
     args, extra = build_parser().parse_known_args(argv)
     try:
         experiment = load_experiment(args.experiment, overrides_from_args(args, extra))
+        if args.inventory:
+            # Config modules take no arguments: pis.py reads its inventory path from here.
+            os.environ[INVENTORY_ENV] = str(Path(args.inventory).resolve())
         deployment = load_deployment(args.config)
         deployment.options_for(experiment)  # fails here, before a run directory exists
-    except ConfigError as err:
+        if experiment.transfer == "proxy":
+            check_store(experiment.store)
+    except (ConfigError, StoreUnreachableError) as err:
         if args.debug:
             traceback.print_exc()
         print(f"error: {err}", file=sys.stderr)

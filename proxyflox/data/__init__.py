@@ -1,26 +1,103 @@
 """Datasets by name and the partitioners that split a training set across sites.
 
-Every site calls :func:`load_dataset` itself, inside its train app, and keeps only its own
-partition: training data never passes through the controller.
+Every site loads its data itself, inside its apps, and keeps only its own partition: training
+data never passes through the controller. ``folder`` is a site's own data on its own disk and is
+not partitioned at all.
 """
 
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 
-from proxyflox.config import DATASETS, unknown_choice
-from proxyflox.data.base import ArrayDataset, DatasetSplits
-from proxyflox.data.digits import load_digits_splits
+from proxyflox.config import DATASETS, ConfigError, unknown_choice
+from proxyflox.data import cifar10, digits, fashion_mnist, mnist
+from proxyflox.data.base import ArrayDataset, DatasetInfo, DatasetSplits
+from proxyflox.data.folder import LocalData, load_folder
 
-__all__ = ["ArrayDataset", "DatasetSplits", "load_dataset"]
+__all__ = [
+    "ArrayDataset",
+    "DatasetInfo",
+    "DatasetSplits",
+    "LocalData",
+    "dataset_info",
+    "load_dataset",
+    "load_folder",
+    "load_split",
+]
+
+TRAIN, TEST = "train", "test"
+
+#: Datasets read through torchvision: name -> (loader, facts known without reading any file).
+_TORCHVISION: dict[str, tuple[Callable[..., ArrayDataset], DatasetInfo]] = {
+    "mnist": (mnist.load_mnist, mnist.INFO),
+    "fashion_mnist": (fashion_mnist.load_fashion_mnist, fashion_mnist.INFO),
+    "cifar10": (cifar10.load_cifar10, cifar10.INFO),
+}
 
 
-@functools.lru_cache(maxsize=4)
-def load_dataset(name: str, data_dir: str | None, seed: int, test_fraction: float) -> DatasetSplits:
-    """Load a dataset by name and split off the global test set.
+def dataset_info(name: str, data_dir: str | None) -> DatasetInfo:
+    """Input shape and classes of a dataset.
 
-    Cached per process, so a warm worker loads its data once for the whole run.
+    Known without reading anything for the built-in datasets; for ``folder`` it is the data at
+    ``data_dir`` (on the aggregator: the copy that holds the global test set).
     """
     if name == "digits":
-        return load_digits_splits(seed=seed, test_fraction=test_fraction)
+        return digits.INFO
+    if name in _TORCHVISION:
+        return _TORCHVISION[name][1]
+    if name == "folder":
+        return load_folder(_folder_path(data_dir)).info
     raise unknown_choice("dataset", name, DATASETS)
+
+
+@functools.lru_cache(maxsize=8)
+def load_split(
+    name: str,
+    data_dir: str | None,
+    split: str,
+    seed: int,
+    test_fraction: float,
+    download: bool = False,
+) -> ArrayDataset:
+    """One split (``train`` or ``test``) of a dataset, whole.
+
+    Only that split is read, so an aggregator holds no training set. Cached per process, so a
+    warm worker loads its data once for the whole run. ``seed`` and ``test_fraction`` make the
+    split of ``digits``, which has none of its own; the others have an official test split. For
+    ``folder``, ``test`` is the local test split, or all of the data when there is none.
+    """
+    if split not in (TRAIN, TEST):
+        raise ValueError(f"split must be {TRAIN!r} or {TEST!r}, got {split!r}")
+    if name == "digits":
+        splits = digits.load_digits_splits(seed=seed, test_fraction=test_fraction)
+        return splits.train if split == TRAIN else splits.test
+    if name in _TORCHVISION:
+        return _TORCHVISION[name][0](data_dir, train=split == TRAIN, download=download)
+    if name == "folder":
+        local = load_folder(_folder_path(data_dir))
+        return local.test if split == TEST and local.test is not None else local.train
+    raise unknown_choice("dataset", name, DATASETS)
+
+
+def load_dataset(
+    name: str, data_dir: str | None, seed: int, test_fraction: float, download: bool = False
+) -> DatasetSplits:
+    """Both splits of a dataset by name."""
+    info = dataset_info(name, data_dir)
+    return DatasetSplits(
+        train=load_split(name, data_dir, TRAIN, seed, test_fraction, download),
+        test=load_split(name, data_dir, TEST, seed, test_fraction, download),
+        num_classes=info.num_classes,
+        classes=info.classes,
+    )
+
+
+def _folder_path(data_dir: str | None) -> str:
+    if data_dir is None:
+        raise ConfigError(
+            "data_dir: dataset folder reads each machine's own data_dir, which is not set; set "
+            "data_dir, or site_options.LABEL.data_dir per executor (the aggregator's holds the "
+            "global test set)"
+        )
+    return data_dir

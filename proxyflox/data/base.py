@@ -1,10 +1,16 @@
-"""In-memory datasets as numpy arrays, shared by every loader."""
+"""In-memory datasets as numpy arrays, and what every loader shares."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
 
 import numpy as np
+
+from proxyflox.config import ConfigError
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -22,11 +28,86 @@ class ArrayDataset:
 
 
 @dataclass(frozen=True)
+class DatasetInfo:
+    """What building a model needs to know about a dataset.
+
+    It travels with the global model (a few bytes), so a site builds the same architecture as
+    the aggregator without any data of its own being needed for that.
+    """
+
+    #: (C, H, W) of one input.
+    input_shape: tuple[int, ...]
+    num_classes: int
+    #: Class names in label order, where the data names them (``folder``); else ``None``.
+    classes: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True)
 class DatasetSplits:
     train: ArrayDataset
     test: ArrayDataset
     num_classes: int
+    classes: tuple[str, ...] | None = None
 
     @property
     def input_shape(self) -> tuple[int, ...]:
         return tuple(self.train.x.shape[1:])
+
+    @property
+    def info(self) -> DatasetInfo:
+        return DatasetInfo(self.input_shape, self.num_classes, self.classes)
+
+
+def images_to_array(images: np.ndarray, *, channels_last: bool = False) -> np.ndarray:
+    """uint8 images (N, H, W), (N, C, H, W) or with ``channels_last`` (N, H, W, C) ->
+    float32 (N, C, H, W) in [0, 1]."""
+    if images.ndim == 3:
+        images = images[:, None, :, :]
+    elif channels_last:
+        images = images.transpose(0, 3, 1, 2)
+    return np.ascontiguousarray(images, dtype=np.float32) / np.float32(255.0)
+
+
+def open_torchvision(
+    dataset_class: type[T],
+    name: str,
+    data_dir: str | None,
+    *,
+    train: bool,
+    download: bool,
+    expected: str,
+) -> T:
+    """Open a torchvision dataset under ``data_dir``, downloading it there first if asked.
+
+    torchvision's own checks run unchanged (file presence, and checksums where it has them).
+
+    Args:
+        dataset_class: e.g. ``torchvision.datasets.MNIST``.
+        name: The dataset's name in the settings, for messages.
+        data_dir: The root directory torchvision reads (and downloads into).
+        train: The training split, else the test split.
+        download: Fetch the files first (needs internet; a no-op when they are present).
+        expected: The files torchvision looks for, relative to ``data_dir``, for messages.
+
+    Raises:
+        ConfigError: ``data_dir`` is not set, or holds no valid copy and ``download`` is off.
+        RuntimeError: the download failed.
+    """
+    if data_dir is None:
+        raise ConfigError(
+            f"data_dir: dataset {name} is read from data_dir, which is not set; "
+            f"set data_dir (or site_options.LABEL.data_dir) to a directory holding {expected}"
+        )
+    root = Path(data_dir).expanduser()
+    constructor: Any = dataset_class
+    try:
+        return constructor(str(root), train=train, download=download)
+    except RuntimeError as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        if download:
+            raise RuntimeError(f"dataset {name}: download into {root} failed: {reason}") from err
+        raise ConfigError(
+            f"data_dir: no valid {name} data in {root} ({reason}); torchvision reads "
+            f"{expected} there; copy the files in, or set download: true where the machine "
+            "is online"
+        ) from None

@@ -6,11 +6,16 @@ import numpy as np
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
-from proxyflox.data.base import ArrayDataset, DatasetSplits
+from proxyflox.data.base import ArrayDataset, DatasetInfo, DatasetSplits
+
+INFO = DatasetInfo(input_shape=(1, 8, 8), num_classes=10)
 
 
 def load_digits_splits(seed: int, test_fraction: float) -> DatasetSplits:
-    """1,797 images as (N, 1, 8, 8) floats in [0, 1], split stratified by label."""
+    """1,797 images as (N, 1, 8, 8) floats in [0, 1], split stratified by label.
+
+    The split is seeded: digits has no official test split, so ``test_fraction`` makes one.
+    """
     bunch = load_digits()
     x = (bunch.images / 16.0).astype(np.float32)[:, None, :, :]
     y = bunch.target.astype(np.int64)
@@ -20,5 +25,5 @@ def load_digits_splits(seed: int, test_fraction: float) -> DatasetSplits:
     return DatasetSplits(
         train=ArrayDataset(x_train, y_train),
         test=ArrayDataset(x_test, y_test),
-        num_classes=10,
+        num_classes=INFO.num_classes,
     )

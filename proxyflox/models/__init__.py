@@ -6,12 +6,36 @@ from torch import nn
 
 from proxyflox.config import MODELS, unknown_choice
 from proxyflox.models.cnn import SmallCNN
+from proxyflox.models.depth_cnn import DepthCNN
+from proxyflox.models.mobilenet import MobileNetLike
 
-__all__ = ["SmallCNN", "build_model"]
+__all__ = ["DepthCNN", "MobileNetLike", "SmallCNN", "build_model"]
 
 
-def build_model(name: str, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
-    """Build an untrained model; call under a seeded RNG for reproducible initial weights."""
+def build_model(
+    name: str,
+    input_shape: tuple[int, ...],
+    num_classes: int,
+    *,
+    depth: int = 1,
+    width_multiplier: float = 1.0,
+) -> nn.Module:
+    """Build an untrained model; call under a seeded RNG for reproducible initial weights.
+
+    Args:
+        name: ``cnn``, ``depth_cnn`` or ``mobilenet``.
+        input_shape: (C, H, W) of one input.
+        num_classes: Size of the output layer.
+        depth: Number of Conv64+BatchNorm blocks of ``depth_cnn``.
+        width_multiplier: Channel scale of ``mobilenet``.
+
+    Raises:
+        ConfigError: for an unknown name, listing the known ones.
+    """
     if name == "cnn":
         return SmallCNN(input_shape, num_classes)
+    if name == "depth_cnn":
+        return DepthCNN(input_shape, num_classes, depth)
+    if name == "mobilenet":
+        return MobileNetLike(input_shape, num_classes, width_multiplier)
     raise unknown_choice("model", name, MODELS)

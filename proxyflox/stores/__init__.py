@@ -19,13 +19,44 @@ from proxystore.store.base import Store
 from proxystore.store.config import StoreConfig
 from proxystore.store.utils import get_key
 
-from proxyflox.config import StoreSettings
+from proxyflox.config import SiteOptions, StoreSettings
 from proxyflox.stores.access_log import AccessLogConnector
-from proxyflox.stores.file import file_connector
+from proxyflox.stores.backend import StoreBackend, StoreUnreachableError
+from proxyflox.stores.endpoint import EndpointBackend, use_proxystore_home
+from proxyflox.stores.file import FileBackend
+from proxyflox.stores.redis import RedisBackend
 from proxyflox.weights import Weights
+
+__all__ = [
+    "BACKENDS",
+    "StoreUnreachableError",
+    "WeightsRef",
+    "check_store",
+    "enter_site",
+    "evict_weights",
+    "open_store",
+    "put_weights",
+    "resolve_weights",
+]
+
+#: ``store.backend`` name -> backend.
+BACKENDS: dict[str, StoreBackend] = {
+    "file": FileBackend(),
+    "redis": RedisBackend(),
+    "endpoint": EndpointBackend(),
+}
 
 #: What apps exchange as "weights": a proxy (store transfer) or the arrays themselves (direct).
 WeightsRef = Proxy[Weights] | Weights
+
+
+def check_store(settings: StoreSettings) -> None:
+    """Fail fast, before a run starts, if the store cannot be reached.
+
+    Raises:
+        StoreUnreachableError: naming the backend and its address.
+    """
+    BACKENDS[settings.backend].check(settings)
 
 
 def open_store(settings: StoreSettings, run_dir: Path, name: str) -> Store[Any]:
@@ -33,14 +64,15 @@ def open_store(settings: StoreSettings, run_dir: Path, name: str) -> Store[Any]:
 
     ``cache_size=0``: a process that resolves a model keeps no second copy of it in the cache.
     """
-    connector: Connector[Any]
-    if settings.backend == "file":
-        connector = file_connector(Path(settings.directory or run_dir / "store"))
-    else:  # validated earlier; a new backend must be added here
-        raise ValueError(f"store backend {settings.backend!r} is not implemented")
+    connector: Connector[Any] = BACKENDS[settings.backend].connector(settings, run_dir)
     if settings.access_log:
         connector = AccessLogConnector(connector, str(run_dir / "store-access.log"))
     return Store(name, connector, cache_size=0, populate_target=True, register=True)
+
+
+def enter_site(options: SiteOptions) -> None:
+    """Prepare this process for the store, as this site's options say (call first in an app)."""
+    use_proxystore_home(options.proxystore_home)
 
 
 def put_weights(weights: Weights, store_config: StoreConfig | None) -> tuple[WeightsRef, float]:

@@ -7,6 +7,9 @@ from pathlib import Path
 
 from proxystore.connectors.file import FileConnector
 
+from proxyflox.config import SiteOptions, StoreSettings
+from proxyflox.stores.backend import StoreUnreachableError
+
 
 def file_connector(directory: Path) -> FileConnector:
     """A connector on ``directory``, created private to the user (mode 0700).
@@ -17,3 +20,32 @@ def file_connector(directory: Path) -> FileConnector:
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     directory.chmod(0o700)
     return FileConnector(str(directory.resolve()), clear=False)
+
+
+def store_directory(settings: StoreSettings, run_dir: Path | None) -> Path:
+    """The configured directory, or ``store/`` inside the run directory."""
+    if settings.directory is not None:
+        return Path(settings.directory)
+    return (run_dir or Path("<run directory>")) / "store"
+
+
+class FileBackend:
+    """Objects as files in a directory."""
+
+    def describe(self, settings: StoreSettings, run_dir: Path | None) -> str:
+        return f"file store in {store_directory(settings, run_dir)}"
+
+    def check(self, settings: StoreSettings) -> None:
+        # The run's own directory is created later; a given one must be usable now.
+        if settings.directory is None:
+            return
+        directory = Path(settings.directory)
+        parent = directory if directory.exists() else directory.parent
+        if not parent.is_dir():
+            raise StoreUnreachableError(f"{self.describe(settings, None)}: {parent} does not exist")
+
+    def connector(self, settings: StoreSettings, run_dir: Path) -> FileConnector:
+        return file_connector(store_directory(settings, run_dir))
+
+    def site_options(self, settings: StoreSettings) -> dict[str, SiteOptions]:
+        return {}

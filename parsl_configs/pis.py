@@ -1,0 +1,45 @@
+"""Raspberry Pis over SSH: one HighThroughputExecutor per Pi, the aggregator on this machine.
+
+The Pis come from an inventory file (``--inventory FILE``, ``PROXYFLOX_PIS=FILE``, else
+``parsl_configs/pis.yaml``; template: ``parsl_configs/pis.example.yaml``). Each Pi's worker pool
+is started over ``ssh -tt`` and connects back to ``controller_address``; closing ssh stops it.
+Per-Pi ``site_options`` (batch size, epochs, threads, device, data) reach that Pi's train app.
+"""
+
+from parsl.config import Config
+from parsl.executors import HighThroughputExecutor
+from parsl.launchers import WrappedLauncher
+from parsl.providers import LocalProvider
+
+from proxyflox.executors import interchange_launch_cmd, local_executor, worker_launch_cmd
+from proxyflox.inventory import Inventory, Pi, load_inventory, ssh_prepend
+
+inventory = load_inventory()
+
+
+def pi_executor(pi: Pi, inventory: Inventory) -> HighThroughputExecutor:
+    return HighThroughputExecutor(
+        label=pi.name,
+        address=inventory.controller_address,
+        worker_port_range=inventory.worker_port_range,
+        max_workers_per_node=pi.workers,
+        encrypted=inventory.encrypted,
+        launch_cmd=worker_launch_cmd(pi.python),
+        interchange_launch_cmd=interchange_launch_cmd(),
+        worker_logdir_root=pi.worker_logdir,
+        # A silent Pi (no TCP reset) is dropped after a minute instead of Parsl's two.
+        heartbeat_period=10,
+        heartbeat_threshold=60,
+        provider=LocalProvider(
+            launcher=WrappedLauncher(prepend=ssh_prepend(pi)),
+            init_blocks=1,
+            min_blocks=1,
+            max_blocks=1,
+        ),
+    )
+
+
+config = Config(
+    executors=[pi_executor(pi, inventory) for pi in inventory.pis] + [local_executor("aggregator")],
+)
+site_options = inventory.site_options()

@@ -1,0 +1,173 @@
+"""Start and stop a local ProxyStore relay and one endpoint per executor, on this machine.
+
+    python -m proxyflox.endpoints up [--sites 4 | --config local_htex.py] [--dir .endpoints]
+    python -m proxyflox.endpoints down [--dir .endpoints]
+
+``up`` writes ``DIR/endpoints.yaml``; run the workflow with
+``--store.backend endpoint --store.endpoints_file DIR/endpoints.yaml``. Everything binds to
+127.0.0.1 (``--host`` to change), the relay runs without authentication, and each endpoint has
+its own ProxyStore home ``DIR/<label>`` so that several sites can share one machine. For sites on
+other machines, run ``proxystore-relay`` and ``proxystore-endpoint`` there instead (README).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+from proxystore.endpoint.config import read_config
+
+from proxyflox.config import ConfigError
+from proxyflox.sites import load_deployment
+from proxyflox.stores.endpoint import read_endpoints_file, relay_host_port
+
+BIN = Path(sys.executable).parent
+ENDPOINTS_FILE = "endpoints.yaml"
+
+
+def free_port(host: str) -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket() as probe:
+        probe.bind((host, 0))
+        return int(probe.getsockname()[1])
+
+
+def wait_for_port(host: str, port: int, seconds: float, what: str) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection((host, port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.2)
+    raise RuntimeError(f"{what} did not start listening on {host}:{port} within {seconds:.0f}s")
+
+
+def endpoint_command(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """``proxystore-endpoint ARGS`` with its ProxyStore home set to ``home``."""
+    return subprocess.run(
+        [str(BIN / "proxystore-endpoint"), *args],
+        env={**os.environ, "PROXYSTORE_HOME": str(home)},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+
+def up(directory: Path, labels: list[str], host: str = "127.0.0.1") -> Path:
+    """Start a relay and one endpoint per label; return the endpoints file.
+
+    Raises:
+        RuntimeError: if something does not start; whatever did start is stopped again.
+    """
+    if (directory / ENDPOINTS_FILE).exists():
+        raise RuntimeError(f"{directory} already has endpoints; run `down --dir {directory}` first")
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    relay_port = free_port(host)
+    relay_log = directory / "relay"
+    relay = subprocess.Popen(
+        [str(BIN / "proxystore-relay"), "--host", host, "--port", str(relay_port),
+         "--log-dir", str(relay_log)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,  # outlives this command, until `down`
+    )  # fmt: skip
+    (directory / "relay.pid").write_text(str(relay.pid))
+    relay_address = f"ws://{host}:{relay_port}"
+    endpoints: dict[str, dict[str, str]] = {}
+    try:
+        wait_for_port(host, relay_port, 30, "proxystore-relay")
+        for label in labels:
+            home = directory / label
+            port = free_port(host)
+            configured = endpoint_command(
+                home, "configure", label, "--host", host, "--port", str(port),
+                "--relay-address", relay_address, "--no-relay-auth",
+            )  # fmt: skip
+            if configured.returncode != 0:
+                raise RuntimeError(f"configuring endpoint {label} failed: {configured.stderr}")
+            started = endpoint_command(home, "start", label, "--detach")
+            if started.returncode != 0:
+                raise RuntimeError(f"starting endpoint {label} failed: {started.stderr}")
+            wait_for_port(host, port, 30, f"endpoint {label}")
+            uuid = read_config(str(home / label)).uuid
+            endpoints[label] = {"uuid": str(uuid), "home": str(home.resolve())}
+    except BaseException:
+        _stop(directory, list(endpoints) + [label for label in labels if label not in endpoints])
+        raise
+    path = directory / ENDPOINTS_FILE
+    path.write_text(
+        "# Written by python -m proxyflox.endpoints up; removed by down.\n"
+        + yaml.safe_dump(
+            {
+                "relay": relay_address,
+                "controller_home": endpoints[labels[-1]]["home"],
+                "endpoints": endpoints,
+            },
+            sort_keys=False,
+        )
+    )
+    return path
+
+
+def down(directory: Path) -> None:
+    """Stop the endpoints and relay that ``up`` started in ``directory``, and remove it."""
+    path = directory / ENDPOINTS_FILE
+    labels = list(read_endpoints_file(path).endpoints) if path.exists() else []
+    _stop(directory, labels)
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+def _stop(directory: Path, labels: list[str]) -> None:
+    for label in labels:
+        if (directory / label / label).is_dir():
+            endpoint_command(directory / label, "stop", label)
+    pid_file = directory / "relay.pid"
+    if pid_file.exists():
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(int(pid_file.read_text()), signal.SIGTERM)
+        pid_file.unlink()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("action", choices=["up", "down"])
+    parser.add_argument("--dir", default=".endpoints", help="where homes and logs live")
+    parser.add_argument("--sites", type=int, default=4, help="site-0 .. site-N-1 and aggregator")
+    parser.add_argument("--config", help="one endpoint per executor of this Parsl config instead")
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind and advertise")
+    args = parser.parse_args(argv)
+    directory = Path(args.dir)
+    try:
+        if args.action == "down":
+            down(directory)
+            print(f"stopped the endpoints and relay in {directory}")
+            return 0
+        if args.config:
+            config = load_deployment(args.config).parsl_config
+            labels = [e.label for e in config.executors if e.label != "aggregator"]
+        else:
+            if args.sites < 1:
+                raise ConfigError(f"--sites: must be at least 1, got {args.sites}")
+            labels = [f"site-{i}" for i in range(args.sites)]
+        path = up(directory, [*labels, "aggregator"], host=args.host)
+    except (ConfigError, RuntimeError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    relay_host, relay_port = relay_host_port(read_endpoints_file(path).relay)
+    print(f"relay on {relay_host}:{relay_port}, {len(labels) + 1} endpoints; settings:")
+    print(f"  --store.backend endpoint --store.endpoints_file {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

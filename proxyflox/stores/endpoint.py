@@ -1,0 +1,136 @@
+"""ProxyStore Endpoint store: one endpoint per site, objects stay on the site that put them and
+are fetched peer to peer (WebRTC, brokered by a relay server) by whoever resolves them.
+
+Every process uses the endpoint found in its ProxyStore home: a Pi's default home where
+``proxystore-endpoint configure`` put its endpoint, or, for several sites on one machine, the
+``home`` the endpoints file gives per executor label.
+
+The endpoints file (YAML)::
+
+    relay: ws://controller.example.org:8700   # the relay the endpoints were configured with
+    controller_home: /path/to/home            # optional: the controller's endpoint home
+    endpoints:                                # executor label -> endpoint
+      pi-1: {uuid: 4da791b4-...}
+      aggregator: {uuid: 255b86e2-..., home: /path/to/home}
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlparse
+from uuid import UUID
+
+import yaml
+from proxystore.connectors.endpoint import EndpointConnector, EndpointConnectorError
+
+from proxyflox.config import ConfigError, SiteOptions, StoreSettings
+from proxyflox.stores.backend import StoreUnreachableError
+
+
+@dataclass(frozen=True)
+class EndpointInfo:
+    uuid: str
+    home: str | None = None
+
+
+@dataclass(frozen=True)
+class EndpointsFile:
+    relay: str
+    endpoints: dict[str, EndpointInfo]
+    controller_home: str | None = None
+
+    @property
+    def uuids(self) -> list[str]:
+        return [info.uuid for info in self.endpoints.values()]
+
+
+def read_endpoints_file(path: str | Path) -> EndpointsFile:
+    """Parse and check an endpoints file; :class:`ConfigError` names what is wrong."""
+    path = Path(path)
+    where = f"store.endpoints_file {path}"
+    if not path.is_file():
+        raise ConfigError(f"{where} does not exist (python -m proxyflox.endpoints up writes one)")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{where} is not valid YAML: {err}".splitlines()[0]) from None
+    if not isinstance(data, dict) or not isinstance(data.get("endpoints"), dict):
+        raise ConfigError(f"{where}: needs an 'endpoints' mapping of executor label to endpoint")
+    if not isinstance(data.get("relay"), str):
+        raise ConfigError(f"{where}: needs 'relay', the relay address (ws://HOST:PORT)")
+    endpoints = {}
+    for label, entry in data["endpoints"].items():
+        if not isinstance(entry, dict) or "uuid" not in entry:
+            raise ConfigError(f"{where}: endpoint {label!r} needs a 'uuid'")
+        try:
+            UUID(str(entry["uuid"]))
+        except ValueError:
+            raise ConfigError(
+                f"{where}: endpoint {label!r} has an invalid uuid {entry['uuid']!r}"
+            ) from None
+        endpoints[str(label)] = EndpointInfo(str(entry["uuid"]), entry.get("home"))
+    return EndpointsFile(data["relay"], endpoints, data.get("controller_home"))
+
+
+def relay_host_port(relay: str) -> tuple[str, int]:
+    """``ws://10.0.0.1:8700`` -> ``("10.0.0.1", 8700)``."""
+    parsed = urlparse(relay)
+    if parsed.hostname is None or parsed.port is None:
+        raise ConfigError(f"store.endpoints_file: relay {relay!r} is not ws://HOST:PORT")
+    return parsed.hostname, parsed.port
+
+
+class EndpointBackend:
+    """Objects kept by the ProxyStore endpoint of the process that put them."""
+
+    def describe(self, settings: StoreSettings, run_dir: Path | None) -> str:
+        relay = "?"
+        if settings.endpoints_file and Path(settings.endpoints_file).is_file():
+            relay = read_endpoints_file(settings.endpoints_file).relay
+        return f"endpoint store (relay {relay})"
+
+    def check(self, settings: StoreSettings) -> None:
+        assert settings.endpoints_file is not None  # validated with the settings
+        endpoints = read_endpoints_file(settings.endpoints_file)
+        host, port = relay_host_port(endpoints.relay)
+        try:
+            socket.create_connection((host, port), timeout=5).close()
+        except OSError as err:
+            raise StoreUnreachableError(
+                f"endpoint store: relay {endpoints.relay} is unreachable: {err.strerror or err}"
+            ) from None
+        self.connector(settings, Path()).close()
+
+    def connector(self, settings: StoreSettings, run_dir: Path) -> EndpointConnector:
+        assert settings.endpoints_file is not None
+        endpoints = read_endpoints_file(settings.endpoints_file)
+        if endpoints.controller_home:
+            use_proxystore_home(endpoints.controller_home)
+        try:
+            # proxystore_dir stays None in the config that travels with proxies: each process
+            # then finds the endpoint in its own ProxyStore home.
+            return EndpointConnector(endpoints.uuids)
+        except (EndpointConnectorError, OSError) as err:
+            home = os.environ.get("PROXYSTORE_HOME", "the default ProxyStore home")
+            raise StoreUnreachableError(
+                f"endpoint store: no running endpoint of {settings.endpoints_file} in {home} "
+                f"for the controller ({type(err).__name__})"
+            ) from None
+
+    def site_options(self, settings: StoreSettings) -> dict[str, SiteOptions]:
+        assert settings.endpoints_file is not None
+        endpoints = read_endpoints_file(settings.endpoints_file)
+        return {
+            label: SiteOptions(proxystore_home=info.home)
+            for label, info in endpoints.endpoints.items()
+            if info.home
+        }
+
+
+def use_proxystore_home(home: str | None) -> None:
+    """Point this process's ProxyStore at ``home`` (before its first endpoint connector)."""
+    if home:
+        os.environ["PROXYSTORE_HOME"] = home

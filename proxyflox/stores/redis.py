@@ -1,0 +1,57 @@
+"""Redis store: a redis-server every site can reach. The password, if any, is read from the
+environment in each process and never enters settings, proxies or logs."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import redis
+from proxystore.connectors.redis import RedisConnector
+
+from proxyflox.config import REDIS_PASSWORD_ENV, SiteOptions, StoreSettings
+from proxyflox.stores.backend import StoreUnreachableError
+
+
+class PasswordRedisConnector(RedisConnector):
+    """ProxyStore's Redis connector, authenticating with the password from the environment.
+
+    Its ``config()`` (which travels inside every proxy) holds host and port only.
+    """
+
+    def __init__(self, hostname: str, port: int, clear: bool = False) -> None:
+        super().__init__(hostname, port, clear=clear)
+        password = os.environ.get(REDIS_PASSWORD_ENV)
+        if password:
+            self._redis_client = redis.StrictRedis(host=hostname, port=port, password=password)
+
+
+class RedisBackend:
+    """Objects as keys of a Redis server."""
+
+    def describe(self, settings: StoreSettings, run_dir: Path | None) -> str:
+        return f"redis at {settings.host}:{settings.port}"
+
+    def check(self, settings: StoreSettings) -> None:
+        client = redis.StrictRedis(
+            host=settings.host,
+            port=settings.port,
+            password=os.environ.get(REDIS_PASSWORD_ENV) or None,
+            socket_connect_timeout=5,
+            socket_timeout=5,
+        )
+        try:
+            client.ping()
+        except redis.exceptions.RedisError as err:
+            # The exception text names host and port, never the password.
+            raise StoreUnreachableError(
+                f"{self.describe(settings, None)} is unreachable: {err}"
+            ) from None
+        finally:
+            client.close()
+
+    def connector(self, settings: StoreSettings, run_dir: Path) -> PasswordRedisConnector:
+        return PasswordRedisConnector(settings.host, settings.port)
+
+    def site_options(self, settings: StoreSettings) -> dict[str, SiteOptions]:
+        return {}

@@ -1,0 +1,249 @@
+"""Fake Raspberry Pis: network namespaces joined to this host by veth pairs, each with its own
+address and a real ``sshd`` that accepts a key made for the test.
+
+Addresses come only from 198.18.0.0/15 (RFC 2544, reserved for network tests). Namespace *k*
+gets a /30: the host side of its veth is ``.4k+1``, the "Pi" is ``.4k+2``, and its only route is
+198.18.0.0/15 via the host. IP forwarding stays off, so the namespaces reach this host and
+nothing else. The controller address (what the Pis connect back to) is the first host side.
+
+Use :class:`NetnsLab` as a context manager: leaving it (also on an error or a failed test) stops
+every process inside the namespaces and deletes them and their veth pairs.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import random
+import re
+import socket
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+
+import psutil
+
+from tests.infra.common import require, stop_pids, stop_process, wait_for
+
+#: RFC 2544: reserved for network device benchmarks; never routed on the internet.
+TEST_NETWORK = ipaddress.ip_network("198.18.0.0/15")
+NAME_PREFIX = "proxyflox-"
+SSHD = "/usr/sbin/sshd"
+_NAME = re.compile(rf"^{NAME_PREFIX}(\d+)-\d+$")
+
+
+def require_netns_tools() -> None:
+    """Fail (not skip) naming what is missing to run sshd hosts in namespaces."""
+    require(root=True, commands=["ip", SSHD, "ssh", "ssh-keygen"])
+
+
+@dataclass
+class SshHost:
+    """One namespace: a fake Pi at ``address``, reached from this host through ``gateway``."""
+
+    name: str
+    address: str
+    gateway: str
+    host_link: str
+    #: The host's public key line (``ssh-ed25519 AAAA...``); ``None`` when no sshd runs.
+    host_key: str | None = None
+    sshd: subprocess.Popen[bytes] | None = None
+
+    @property
+    def netns_id(self) -> str:
+        """How ``readlink /proc/PID/ns/net`` names this namespace: ``net:[<inode>]``."""
+        return f"net:[{os.stat(f'/run/netns/{self.name}').st_ino}]"
+
+    def pids(self) -> list[int]:
+        """Processes running inside the namespace."""
+        done = subprocess.run(
+            ["ip", "netns", "pids", self.name], capture_output=True, text=True, check=False
+        )
+        return [int(pid) for pid in done.stdout.split()]
+
+    def commands(self) -> list[str]:
+        """Command lines of the processes inside the namespace."""
+        found = []
+        for pid in self.pids():
+            try:
+                found.append(" ".join(psutil.Process(pid).cmdline()))
+            except psutil.NoSuchProcess:
+                continue
+        return found
+
+
+class NetnsLab:
+    """Namespaces with sshd, a client key authorized in all of them, and a known_hosts file."""
+
+    def __init__(self, workdir: Path) -> None:
+        require_netns_tools()
+        self.workdir = workdir
+        workdir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.hosts: list[SshHost] = []
+        _remove_stale_namespaces()
+        self._index, self._subnet = _free_subnet()
+        self.client_key = workdir / "id_ed25519"
+        keygen(self.client_key)
+        self.known_hosts = workdir / "known_hosts"
+        self.known_hosts.write_text("")
+
+    @property
+    def controller_address(self) -> str:
+        """This host's address on the first veth: every namespace can reach it."""
+        return str(self._subnet.network_address + 1)
+
+    def add_host(self, *, sshd: bool = True) -> SshHost:
+        """A new namespace with its veth pair and, unless ``sshd=False``, a running sshd whose
+        host key is added to :attr:`known_hosts`."""
+        k = len(self.hosts)
+        if 4 * k + 3 >= self._subnet.num_addresses:
+            raise ValueError("at most 64 hosts per lab")
+        gateway = self._subnet.network_address + 4 * k + 1
+        host = SshHost(
+            name=f"{NAME_PREFIX}{os.getpid()}-{k}",
+            address=str(gateway + 1),
+            gateway=str(gateway),
+            host_link=f"pf{self._index}h{k}",
+        )
+        self.hosts.append(host)  # before creating anything, so close() removes partial setups
+        peer = f"pf{self._index}p{k}"
+        _ip("netns", "add", host.name)
+        _ip("link", "add", host.host_link, "type", "veth", "peer", "name", peer, "netns", host.name)
+        _ip("addr", "add", f"{host.gateway}/30", "dev", host.host_link)
+        _ip("link", "set", host.host_link, "up")
+        _ip("-n", host.name, "link", "set", "lo", "up")
+        _ip("-n", host.name, "addr", "add", f"{host.address}/30", "dev", peer)
+        _ip("-n", host.name, "link", "set", peer, "up")
+        _ip("-n", host.name, "route", "add", str(TEST_NETWORK), "via", host.gateway)
+        if sshd:
+            self._start_sshd(host, k)
+        return host
+
+    def _start_sshd(self, host: SshHost, k: int) -> None:
+        home = self.workdir / f"sshd-{k}"
+        home.mkdir(mode=0o700)
+        host_key = home / "ssh_host_ed25519_key"
+        keygen(host_key)
+        authorized = home / "authorized_keys"
+        authorized.write_text(Path(f"{self.client_key}.pub").read_text())
+        config = home / "sshd_config"
+        config.write_text(
+            f"ListenAddress {host.address}\n"
+            "Port 22\n"
+            f"HostKey {host_key}\n"
+            f"PidFile {home / 'sshd.pid'}\n"
+            f"AuthorizedKeysFile {authorized}\n"
+            "PubkeyAuthentication yes\n"
+            "PasswordAuthentication no\n"
+            "KbdInteractiveAuthentication no\n"
+            "PermitRootLogin prohibit-password\n"
+            "UsePAM no\n"
+            # The test's files live under /tmp, which is world-writable; StrictModes would
+            # refuse the authorized_keys file for that alone.
+            "StrictModes no\n"
+        )
+        Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege-separation dir
+        with open(home / "sshd.log", "wb") as log:
+            host.sshd = subprocess.Popen(
+                ["ip", "netns", "exec", host.name, SSHD, "-D", "-e", "-f", str(config)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        host.host_key = " ".join(Path(f"{host_key}.pub").read_text().split()[:2])
+        with open(self.known_hosts, "a") as known:
+            known.write(f"{host.address} {host.host_key}\n")
+
+        def listening() -> bool:
+            if host.sshd is not None and host.sshd.poll() is not None:
+                log_text = (home / "sshd.log").read_text()
+                raise RuntimeError(f"sshd in {host.name} exited: {log_text.strip()}")
+            try:
+                socket.create_connection((host.address, 22), timeout=0.5).close()
+            except OSError:
+                return False
+            return True
+
+        wait_for(f"sshd on {host.address}:22", listening, timeout=15)
+
+    def close(self) -> None:
+        """Stop every process in the namespaces, delete them and their veth pairs."""
+        errors = []
+        for host in self.hosts:
+            try:
+                if host.sshd is not None:
+                    stop_process(host.sshd)
+                _remove_namespace(host.name, host.host_link)
+            except Exception as err:  # keep tearing down the others
+                errors.append(f"{host.name}: {err}")
+        if errors:
+            raise RuntimeError("teardown failed: " + "; ".join(errors))
+
+    def __enter__(self) -> NetnsLab:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+def _ip(*args: str) -> None:
+    done = subprocess.run(["ip", *args], capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"ip {' '.join(args)} failed: {done.stderr.strip()}")
+
+
+def keygen(path: Path) -> None:
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "proxyflox-test", "-f", str(path)],
+        check=True,
+        capture_output=True,
+    )
+
+
+def _free_subnet() -> tuple[int, ipaddress.IPv4Network]:
+    """A /24 of 198.18.0.0/15 that no interface of this host uses yet."""
+    used = {
+        ipaddress.ip_address(address.address.split("%")[0])
+        for addresses in psutil.net_if_addrs().values()
+        for address in addresses
+        if address.family == socket.AF_INET
+    }
+    candidates = list(enumerate(TEST_NETWORK.subnets(new_prefix=24)))
+    random.shuffle(candidates)
+    for index, subnet in candidates:
+        if not any(address in subnet for address in used):
+            return index, subnet  # type: ignore[return-value]
+    raise RuntimeError(f"no free /24 left in {TEST_NETWORK}")
+
+
+def _remove_namespace(name: str, host_link: str) -> None:
+    if Path(f"/run/netns/{name}").exists():
+        pids = subprocess.run(
+            ["ip", "netns", "pids", name], capture_output=True, text=True, check=False
+        ).stdout.split()
+        stop_pids(int(pid) for pid in pids)
+        _ip("netns", "delete", name)
+    if not host_link:
+        return
+    # Deleting the namespace deletes the veth pair, but asynchronously.
+    link = Path("/sys/class/net") / host_link
+    if link.exists():
+        subprocess.run(["ip", "link", "delete", host_link], capture_output=True, check=False)
+    wait_for(f"{host_link} to disappear", lambda: not link.exists(), timeout=10)
+
+
+def _remove_stale_namespaces() -> None:
+    """Namespaces an earlier test process left behind when it was killed (never another live
+    process's): stop what runs in them and delete them."""
+    netns_dir = Path("/run/netns")
+    if not netns_dir.is_dir():
+        return
+    for entry in netns_dir.iterdir():
+        match = _NAME.match(entry.name)
+        if match and not psutil.pid_exists(int(match.group(1))):
+            _remove_namespace(entry.name, host_link="")

@@ -1,0 +1,186 @@
+"""``parsl_configs/pis.py`` against real sshd hosts: each fake Pi is a network namespace with its
+own address and sshd, reached over ssh with a key and a known_hosts file made for the test.
+
+Needs root, ``ip`` and OpenSSH (client and server); without them these tests fail saying what is
+missing. The namespaces, sshd and everything started inside them are removed after the module,
+whether the tests pass or fail.
+"""
+
+from __future__ import annotations
+
+import csv
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.helpers import CLI, bare_env, only_run_dir
+from tests.infra.common import processes_mentioning, wait_for
+from tests.infra.netns import NetnsLab, SshHost, keygen
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NetnsLab]:
+    """Two fake Pis with sshd (more can be added by a test; all go at the end of the module)."""
+    with NetnsLab(tmp_path_factory.mktemp("netns")) as lab:
+        lab.add_host()
+        lab.add_host()
+        yield lab
+
+
+def write_inventory(path: Path, lab: NetnsLab, pis: dict[str, dict[str, Any]]) -> Path:
+    """An inventory as a user writes it: the lab's key and known_hosts, this venv's python."""
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "controller_address": lab.controller_address,
+                "defaults": {
+                    "user": "root",
+                    # The namespaces share this filesystem: the same venv serves as the Pis'.
+                    "python": sys.executable,
+                    "identity_file": str(lab.client_key),
+                    "known_hosts": str(lab.known_hosts),
+                    "worker_logdir": str(path.parent / "worker-logs"),
+                },
+                "pis": pis,
+            }
+        )
+    )
+    return path
+
+
+def run_on_pis(tmp_path: Path, inventory: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [
+            sys.executable,
+            str(CLI),
+            "--config",
+            "pis.py",
+            "--inventory",
+            str(inventory),
+            "--runs_dir",
+            str(tmp_path / "runs"),
+            *args,
+        ],
+        cwd=tmp_path,
+        env=bare_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def worker_pools_in(hosts: list[SshHost]) -> list[str]:
+    return [c for host in hosts for c in host.commands() if "process_worker_pool" in c]
+
+
+def assert_nothing_left(lab: NetnsLab, tmp_path: Path) -> None:
+    """No worker pool in any namespace; no ssh client, submit script or process of the run on
+    this host (their command lines name the run directory or the Pis' log directory)."""
+
+    def leftovers() -> list[str]:
+        return (
+            worker_pools_in(lab.hosts)
+            + processes_mentioning(str(only_run_dir(tmp_path / "runs")))
+            + processes_mentioning(str(tmp_path / "worker-logs"))
+        )
+
+    try:
+        wait_for("the run's processes to exit", lambda: not leftovers(), timeout=30, interval=0.5)
+    except TimeoutError:
+        pytest.fail(f"left behind: {leftovers()}", pytrace=False)
+    for host in lab.hosts:  # only sshd's listener itself is still running
+        expected = ["sshd: "] if host.sshd is not None else []
+        assert [c[:6] for c in host.commands()] == expected, host.commands()
+
+
+def test_two_round_fedavg_trains_each_site_inside_its_pi(tmp_path: Path, lab: NetnsLab) -> None:
+    pi1, pi2 = lab.hosts[:2]
+    inventory = write_inventory(
+        tmp_path / "pis.yaml",
+        lab,
+        {
+            "pi-1": {"host": pi1.address, "site_options": {"batch_size": 1}},
+            "pi-2": {"host": pi2.address, "site_options": {"local_epochs": 2}},
+        },
+    )
+    start = time.perf_counter()
+    done = run_on_pis(tmp_path, inventory, "--rounds", "2", "--sites", "2")
+    wall = time.perf_counter() - start
+    assert done.returncode == 0, done.stderr
+    assert "round   2/2  accuracy" in done.stdout
+    run_dir = only_run_dir(tmp_path / "runs")
+
+    with open(run_dir / "sites.csv", newline="") as file:
+        rows = list(csv.DictReader(file))
+    assert len(rows) == 4
+    controller_netns = Path("/proc/self/ns/net").readlink().as_posix()
+    for row in rows:
+        pi = {"pi-1": pi1, "pi-2": pi2}[row["executor"]]
+        # Recorded inside the train app: it ran in that Pi's network namespace.
+        assert row["netns"] == pi.netns_id != controller_netns
+        assert row["site"] == {"pi-1": "0", "pi-2": "1"}[row["executor"]]
+    # The inventory's per-Pi options reached each Pi's train app.
+    assert {r["batch_size"] for r in rows if r["executor"] == "pi-1"} == {"1"}
+    assert {r["local_epochs"] for r in rows if r["executor"] == "pi-1"} == {"1"}
+    assert {r["local_epochs"] for r in rows if r["executor"] == "pi-2"} == {"2"}
+    assert {r["batch_size"] for r in rows if r["executor"] == "pi-2"} == {"32"}
+    # One warm worker per Pi served both rounds.
+    for executor in ("pi-1", "pi-2"):
+        assert len({r["pid"] for r in rows if r["executor"] == executor}) == 1
+
+    # The worker pool really was started over ssh, with host keys checked.
+    scripts = list((run_dir / "parsl").glob("*/submit_scripts/parsl.pi-1.block-0.*.sh"))
+    assert len(scripts) == 1
+    script = scripts[0].read_text()
+    assert "ssh -tt -o BatchMode=yes -o StrictHostKeyChecking=yes " in script
+    assert f"UserKnownHostsFile={lab.known_hosts}" in script
+    assert "StrictHostKeyChecking=no" not in script
+
+    assert_nothing_left(lab, tmp_path)
+
+    with open(run_dir / "rounds.csv", newline="") as file:
+        first, second = (float(r["round_seconds"]) for r in csv.DictReader(file))
+    print(
+        f"\n2 rounds over 2 namespace Pis: {wall:.1f}s wall clock; round 1 {first:.2f}s, "
+        f"round 2 {second:.2f}s (first-round worker start ~{first - second:.1f}s)"
+    )
+
+
+@pytest.mark.parametrize("fault", ["no sshd", "unknown host key"])
+def test_an_unreachable_pi_stops_the_run_naming_it(
+    tmp_path: Path, lab: NetnsLab, fault: str
+) -> None:
+    good = lab.hosts[0]
+    pi_bad: dict[str, Any]
+    if fault == "no sshd":
+        bad = lab.add_host(sshd=False)  # the address answers, nothing listens on port 22
+        pi_bad = {"host": bad.address}
+        expected = "Connection refused"
+    else:
+        # A known_hosts file with some other key for the Pi's address: ssh must refuse it.
+        keygen(tmp_path / "other_key")
+        other = " ".join((tmp_path / "other_key.pub").read_text().split()[:2])
+        known = tmp_path / "known_hosts_wrong"
+        known.write_text(f"{lab.hosts[1].address} {other}\n")
+        pi_bad = {"host": lab.hosts[1].address, "known_hosts": str(known)}
+        expected = "Host key verification failed"
+    inventory = write_inventory(
+        tmp_path / "pis.yaml", lab, {"pi-1": {"host": good.address}, "pi-bad": pi_bad}
+    )
+    start = time.perf_counter()
+    done = run_on_pis(tmp_path, inventory, "--rounds", "2", "--sites", "2")
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "error: run failed" in done.stderr
+    assert "pi-bad" in done.stderr
+    assert expected in done.stderr
+    assert "Traceback" not in done.stderr
+    assert time.perf_counter() - start < 120
+    assert_nothing_left(lab, tmp_path)
