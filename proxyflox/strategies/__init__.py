@@ -1,5 +1,54 @@
-"""Server-side aggregation strategies, one file each."""
+"""Server-side strategies, one file each; :func:`build_strategy` makes one from the settings."""
 
+from __future__ import annotations
+
+import dataclasses
+
+from proxyflox.config import StrategySettings
+from proxyflox.strategies.base import ServerState, Strategy, Update, weighted_mean
+from proxyflox.strategies.fedadagrad import FedAdagrad
+from proxyflox.strategies.fedadam import FedAdam
+from proxyflox.strategies.fedasync import FedAsync
 from proxyflox.strategies.fedavg import FedAvg
+from proxyflox.strategies.fedavgm import FedAvgM
+from proxyflox.strategies.fedbuff import FedBuff
+from proxyflox.strategies.fedprox import FedProx
+from proxyflox.strategies.fedyogi import FedYogi
 
-__all__ = ["FedAvg"]
+__all__ = [
+    "STRATEGIES",
+    "FedAdagrad",
+    "FedAdam",
+    "FedAsync",
+    "FedAvg",
+    "FedAvgM",
+    "FedBuff",
+    "FedProx",
+    "FedYogi",
+    "ServerState",
+    "Strategy",
+    "Update",
+    "build_strategy",
+    "weighted_mean",
+]
+
+#: ``strategy.name`` -> class.
+STRATEGIES: dict[str, type[Strategy]] = {
+    cls.name: cls
+    for cls in (FedAvg, FedProx, FedAvgM, FedAdam, FedYogi, FedAdagrad, FedAsync, FedBuff)
+}
+
+
+def build_strategy(settings: StrategySettings) -> Strategy:
+    """The named strategy with the hyperparameters it takes from ``settings``.
+
+    Settings left unset (``None``) keep the strategy's own default.
+    """
+    cls = STRATEGIES[settings.name]
+    taken = {field.name for field in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    values = {
+        name: value
+        for name, value in dataclasses.asdict(settings).items()
+        if name in taken and value is not None
+    }
+    return cls(**values)

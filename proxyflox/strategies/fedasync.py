@@ -1,0 +1,61 @@
+"""FedAsync (Xie et al., 2019): asynchronous; every arriving model is mixed into the global one
+at once, weighted down by its staleness ``s``:
+
+    alpha_s = alpha * S(s);   w = (1 - alpha_s) * w + alpha_s * w_site
+
+with ``S`` constant (1), polynomial ``(s + 1) ** -a`` or hinge (1 if ``s <= b``, else
+``1 / (a * (s - b) + 1)``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+
+from proxyflox.config import STALENESS_FUNCTIONS
+from proxyflox.strategies.base import ServerState, Strategy, Update, is_float
+from proxyflox.weights import Weights
+
+
+def staleness_weight(kind: str, staleness: int, a: float, b: float) -> float:
+    """``S(staleness)`` for the named staleness function."""
+    if kind == "constant":
+        return 1.0
+    if kind == "polynomial":
+        return float((staleness + 1) ** -a)
+    if kind == "hinge":
+        return 1.0 if staleness <= b else 1.0 / (a * (staleness - b) + 1.0)
+    raise ValueError(
+        f"unknown staleness function {kind!r}; known: {', '.join(STALENESS_FUNCTIONS)}"
+    )
+
+
+@dataclass(frozen=True)
+class FedAsync(Strategy):
+    """Mix each update into the global model as it arrives, discounted by staleness."""
+
+    name: ClassVar[str] = "fedasync"
+    asynchronous: ClassVar[bool] = True
+    alpha: float = 0.6
+    staleness: str = "polynomial"
+    staleness_a: float = 0.5
+    staleness_b: float = 4.0
+
+    def aggregate_train(
+        self, global_weights: Weights, updates: Iterable[Update], state: ServerState
+    ) -> tuple[Weights, ServerState]:
+        new = dict(global_weights)
+        for update in updates:
+            mix = self.alpha * staleness_weight(
+                self.staleness, update.staleness, self.staleness_a, self.staleness_b
+            )
+            for name, current in new.items():
+                if is_float(current):
+                    mixed = (1 - mix) * current.astype(np.float64) + mix * update.weights[name]
+                    new[name] = mixed.astype(current.dtype)
+                else:
+                    new[name] = update.weights[name]
+        return new, state

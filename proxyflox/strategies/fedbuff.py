@@ -1,0 +1,38 @@
+"""FedBuff (Nguyen et al., 2022): asynchronous with a buffer; sites send their model change
+(trained minus received), the server applies the sample-weighted mean of every ``buffer_size``
+changes, ``w = w + server_lr * mean(deltas)``."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+
+from proxyflox.strategies.base import ServerState, Strategy, Update, is_float, weighted_mean
+from proxyflox.weights import Weights
+
+
+@dataclass(frozen=True)
+class FedBuff(Strategy):
+    """Apply the mean of each ``buffer_size`` buffered model changes."""
+
+    name: ClassVar[str] = "fedbuff"
+    update_kind: ClassVar[str] = "delta"
+    asynchronous: ClassVar[bool] = True
+    buffer_size: int = 3
+    server_lr: float = 1.0
+
+    def aggregate_train(
+        self, global_weights: Weights, updates: Iterable[Update], state: ServerState
+    ) -> tuple[Weights, ServerState]:
+        mean_delta = weighted_mean(updates)
+        new: Weights = {}
+        for name, current in global_weights.items():
+            if is_float(current):
+                step = current.astype(np.float64) + self.server_lr * mean_delta[name]
+                new[name] = step.astype(current.dtype)
+            else:
+                new[name] = current
+        return new, state
