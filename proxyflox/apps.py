@@ -33,7 +33,7 @@ from proxyflox.data import (
 from proxyflox.data.partition import partition
 from proxyflox.models import build_model
 from proxyflox.stores import enter_site, put_weights, resolve_weights
-from proxyflox.strategies import FedAvg
+from proxyflox.strategies import Update, weighted_mean
 from proxyflox.training import derive_seed, evaluate, train_local
 from proxyflox.weights import Weights, load_weights, save_weights, weights_nbytes, weights_of
 
@@ -288,7 +288,7 @@ def aggregate_updates(
             del weights  # keep at most one update alive at a time
 
     start = time.perf_counter()
-    new_global = FedAvg().aggregate(updates())
+    new_global = weighted_mean(Update(weights, n) for weights, n in updates())
     aggregate_seconds = time.perf_counter() - start - resolve_seconds
     if save_path is not None:
         save_weights(new_global, save_path)

@@ -29,6 +29,11 @@ PARTITIONS = ("iid", "dirichlet", "shards")
 DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10", "folder")
 MODELS = ("cnn", "depth_cnn", "mobilenet")
 STORE_BACKENDS = ("file", "redis", "endpoint")
+STRATEGY_NAMES = (
+    "fedavg", "fedprox", "fedavgm", "fedadam", "fedyogi", "fedadagrad", "fedasync", "fedbuff",
+)  # fmt: skip
+ASYNC_STRATEGIES = ("fedasync", "fedbuff")
+STALENESS_FUNCTIONS = ("constant", "polynomial", "hinge")
 #: The only place a Redis password is read from (it never enters settings, logs or proxies).
 REDIS_PASSWORD_ENV = "PROXYFLOX_REDIS_PASSWORD"
 DEVICES = ("cpu", "cuda", "mps")
@@ -50,6 +55,32 @@ class StoreSettings:
     endpoints_file: str | None = None
     #: Record every store read/write with its process id in ``store-access.log`` (auditing).
     access_log: bool = False
+
+
+@dataclass(frozen=True)
+class StrategySettings:
+    """The server strategy and its hyperparameters (each strategy reads the ones it has)."""
+
+    name: str = "fedavg"
+    #: fedprox: strength of the proximal term on each site.
+    proximal_mu: float = 0.01
+    #: fedavgm, fedadam, fedyogi, fedadagrad, fedbuff: server step size (``null``: the
+    #: strategy's default, 1.0 for fedavgm/fedbuff, 0.01 for the FedOpt family).
+    server_lr: float | None = None
+    #: fedavgm: server momentum.
+    server_momentum: float = 0.9
+    #: FedOpt family: first/second moment decay and adaptivity.
+    beta1: float = 0.9
+    beta2: float = 0.99
+    tau: float = 1e-3
+    #: fedasync: mixing weight, and the staleness function ``constant``, ``polynomial``
+    #: ``(s+1)^-a`` or ``hinge`` (1 up to staleness b, then ``1/(a(s-b)+1)``).
+    alpha: float = 0.6
+    staleness: str = "polynomial"
+    staleness_a: float = 0.5
+    staleness_b: float = 4.0
+    #: fedbuff: updates per aggregation.
+    buffer_size: int = 3
 
 
 @dataclass(frozen=True)
@@ -118,6 +149,17 @@ class ExperimentConfig:
     #: Parent directory of run directories.
     runs_dir: str = "runs"
     store: StoreSettings = field(default_factory=StoreSettings)
+    strategy: StrategySettings = field(default_factory=StrategySettings)
+    #: Sites per round: a count, or a fraction of all sites (at most one of the two).
+    clients_per_round: int | None = None
+    fraction: float | None = None
+    #: A round (or an asynchronous run) needs at least this many sites' updates.
+    min_clients: int = 1
+    #: Seconds a round waits for its sites; late updates are dropped (``null``: wait for all).
+    round_deadline: float | None = None
+    #: Asynchronous strategies stop after this many updates or seconds (at least one is needed).
+    max_updates: int | None = None
+    max_seconds: float | None = None
     #: Executor label -> :class:`SiteOptions`; overrides what the Parsl config module sets.
     site_options: dict[str, SiteOptions] = field(default_factory=dict)
 
@@ -300,6 +342,7 @@ def validate(config: ExperimentConfig) -> None:
         raise ConfigError(f"momentum: must be in [0, 1), got {config.momentum}")
     for label, options in config.site_options.items():
         validate_site_options(options, f"site_options.{label}")
+    _validate_strategy(config)
     if not 0 < config.store.port < 65536:
         raise ConfigError(f"store.port: must be a TCP port (1-65535), got {config.store.port}")
     if config.store.backend == "endpoint" and not config.store.endpoints_file:
@@ -309,6 +352,54 @@ def validate(config: ExperimentConfig) -> None:
         )
     if not config.name or "/" in config.name:
         raise ConfigError(f"name: must be a non-empty name without '/', got {config.name!r}")
+
+
+def _validate_strategy(config: ExperimentConfig) -> None:
+    strategy = config.strategy
+    _one_of("strategy.name", strategy.name, STRATEGY_NAMES)
+    _one_of("strategy.staleness", strategy.staleness, STALENESS_FUNCTIONS)
+    non_negative = {"strategy.proximal_mu": strategy.proximal_mu, "strategy.tau": strategy.tau,
+                    "strategy.staleness_a": strategy.staleness_a,
+                    "strategy.staleness_b": strategy.staleness_b}  # fmt: skip
+    for key, value in non_negative.items():
+        if value < 0:
+            raise ConfigError(f"{key}: must be at least 0, got {value}")
+    if strategy.server_lr is not None and strategy.server_lr <= 0:
+        raise ConfigError(f"strategy.server_lr: must be greater than 0, got {strategy.server_lr}")
+    decays = {
+        "strategy.server_momentum": strategy.server_momentum,
+        "strategy.beta1": strategy.beta1,
+        "strategy.beta2": strategy.beta2,
+    }
+    for key, value in decays.items():
+        if not 0.0 <= value < 1.0:
+            raise ConfigError(f"{key}: must be in [0, 1), got {value}")
+    if not 0.0 < strategy.alpha <= 1.0:
+        raise ConfigError(f"strategy.alpha: must be in (0, 1], got {strategy.alpha}")
+    if strategy.buffer_size < 1:
+        raise ConfigError(f"strategy.buffer_size: must be at least 1, got {strategy.buffer_size}")
+    if config.clients_per_round is not None and config.fraction is not None:
+        raise ConfigError("clients_per_round and fraction: set at most one of the two")
+    if config.clients_per_round is not None and config.clients_per_round < 1:
+        raise ConfigError(f"clients_per_round: must be at least 1, got {config.clients_per_round}")
+    if config.fraction is not None and not 0.0 < config.fraction <= 1.0:
+        raise ConfigError(f"fraction: must be in (0, 1], got {config.fraction}")
+    if config.min_clients < 1:
+        raise ConfigError(f"min_clients: must be at least 1, got {config.min_clients}")
+    if config.round_deadline is not None and config.round_deadline <= 0:
+        raise ConfigError(f"round_deadline: must be greater than 0, got {config.round_deadline}")
+    if config.max_updates is not None and config.max_updates < 1:
+        raise ConfigError(f"max_updates: must be at least 1, got {config.max_updates}")
+    if config.max_seconds is not None and config.max_seconds <= 0:
+        raise ConfigError(f"max_seconds: must be greater than 0, got {config.max_seconds}")
+    if (
+        strategy.name in ASYNC_STRATEGIES
+        and config.max_updates is None
+        and config.max_seconds is None
+    ):
+        raise ConfigError(
+            f"max_updates or max_seconds: {strategy.name} is asynchronous and needs a budget"
+        )
 
 
 def validate_site_options(options: SiteOptions, key: str) -> None:

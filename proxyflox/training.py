@@ -24,11 +24,13 @@ def train_local(
     momentum: float,
     shuffle_seed: int,
     device: str = "cpu",
+    proximal_mu: float = 0.0,
 ) -> float:
     """SGD with momentum over ``data`` for ``epochs`` (a fresh optimizer each call).
 
     Shuffling uses its own generator seeded by ``shuffle_seed``, never the global RNG, so sites
-    training concurrently in threads stay reproducible.
+    training concurrently in threads stay reproducible. With ``proximal_mu > 0`` (FedProx) the
+    loss gets ``mu/2 * ||w - w_start||^2``, pulling the model toward the one it started from.
 
     Returns:
         Mean training loss over the last epoch.
@@ -39,6 +41,7 @@ def train_local(
     generator = torch.Generator().manual_seed(shuffle_seed)
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
     loss_fn = nn.CrossEntropyLoss()
+    anchor = [p.detach().clone() for p in model.parameters()] if proximal_mu > 0 else []
     model.train()
     mean_loss = float("nan")
     for _ in range(epochs):
@@ -48,7 +51,13 @@ def train_local(
             batch = order[start : start + batch_size]
             optimizer.zero_grad()
             loss = loss_fn(model(x[batch]), y[batch])
-            loss.backward()
+            objective = loss
+            if anchor:
+                distance = sum(
+                    ((p - a) ** 2).sum() for p, a in zip(model.parameters(), anchor, strict=True)
+                )
+                objective = loss + proximal_mu / 2 * distance
+            objective.backward()
             optimizer.step()
             total += loss.item() * len(batch)
             seen += len(batch)
