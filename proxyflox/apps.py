@@ -288,7 +288,8 @@ def aggregate_updates(
             del weights  # keep at most one update alive at a time
 
     start = time.perf_counter()
-    new_global = weighted_mean(Update(weights, n) for weights, n in updates())
+    total = sum(int(result["num_samples"]) for result in train_results)
+    new_global = weighted_mean((Update(weights, n) for weights, n in updates()), total)
     aggregate_seconds = time.perf_counter() - start - resolve_seconds
     if save_path is not None:
         save_weights(new_global, save_path)

@@ -60,9 +60,17 @@ class Strategy:
         return {}
 
     def aggregate_train(
-        self, global_weights: Weights, updates: Iterable[Update], state: ServerState
+        self,
+        global_weights: Weights,
+        updates: Iterable[Update],
+        total_samples: int,
+        state: ServerState,
     ) -> tuple[Weights, ServerState]:
-        """The new global model and state from the current one and the sites' updates."""
+        """The new global model and state from the current one and the sites' updates.
+
+        ``total_samples`` is the sum of the updates' ``num_samples`` (known before any update
+        is resolved, so the mean is built in one pass). Update arrays may be modified.
+        """
         raise NotImplementedError
 
     def aggregate_evaluate(
@@ -76,38 +84,52 @@ class Strategy:
         return {name: sum(n * m[name] for n, m in results) / total for name in names}
 
 
-def weighted_mean(updates: Iterable[Update]) -> Weights:
+def weighted_mean(updates: Iterable[Update], total_samples: int) -> Weights:
     """Sample-weighted mean of the updates, consuming them one at a time.
 
-    Memory stays at one float64 accumulator plus the update being added, whatever the number of
-    sites. Accumulating in float64 makes a single update come back bit for bit (``x * n / n`` is
-    exact there). Integer arrays (e.g. BatchNorm's ``num_batches_tracked``) are rounded back.
+    Each update is scaled in place by ``num_samples / total_samples`` and added to one
+    accumulator in the update's own dtype, so memory stays at the accumulator plus the update
+    being added (no temporaries), whatever the number of sites; a single update comes back bit
+    for bit (its coefficient is exactly 1). Integer arrays (e.g. BatchNorm's
+    ``num_batches_tracked``) are averaged in float64 and rounded back.
+
+    Args:
+        updates: The updates; their arrays are modified (the caller resolved them for this).
+        total_samples: Sum of ``num_samples`` over all updates.
     """
-    total: dict[str, np.ndarray] | None = None
+    total: Weights | None = None
     dtypes: dict[str, np.dtype[Any]] = {}
-    count = 0
+    seen = 0
     for update in updates:
         if update.num_samples <= 0:
             raise ValueError(f"an update reports {update.num_samples} samples; need at least 1")
         weights = update.weights
-        if total is None:
-            total = {name: np.zeros(a.shape, dtype=np.float64) for name, a in weights.items()}
-            dtypes = {name: a.dtype for name, a in weights.items()}
-        elif weights.keys() != total.keys():
+        share = update.num_samples / total_samples
+        if total is not None and weights.keys() != total.keys():
             raise ValueError("updates disagree on parameter names; are all sites on one model?")
+        if total is None:
+            total, dtypes = {}, {name: a.dtype for name, a in weights.items()}
         for name, array in weights.items():
-            total[name] += np.asarray(array, dtype=np.float64) * update.num_samples
-        count += update.num_samples
+            array = np.asarray(array)
+            if not is_float(array):
+                array = array.astype(np.float64)
+            elif not array.flags.writeable:
+                array = array.copy()
+            np.multiply(array, array.dtype.type(share), out=array)
+            if name in total:
+                total[name] += array
+            else:
+                total[name] = array
+        seen += update.num_samples
         del update, weights, array  # release this update before the iterator fetches the next
     if total is None:
         raise ValueError("no updates to aggregate")
-    mean: Weights = {}
-    for name, summed in total.items():
-        summed /= count
-        if np.issubdtype(dtypes[name], np.integer):
-            summed = np.rint(summed)
-        mean[name] = summed.astype(dtypes[name])
-    return mean
+    if seen != total_samples:
+        raise ValueError(f"updates hold {seen} samples, not the {total_samples} announced")
+    return {
+        name: np.rint(summed).astype(dtypes[name]) if dtypes[name].kind in "iu" else summed
+        for name, summed in total.items()
+    }
 
 
 def is_float(array: np.ndarray) -> bool:

@@ -45,7 +45,11 @@ class FedAsync(Strategy):
     staleness_b: float = 4.0
 
     def aggregate_train(
-        self, global_weights: Weights, updates: Iterable[Update], state: ServerState
+        self,
+        global_weights: Weights,
+        updates: Iterable[Update],
+        total_samples: int,
+        state: ServerState,
     ) -> tuple[Weights, ServerState]:
         new = dict(global_weights)
         for update in updates:

@@ -18,6 +18,10 @@ class FedAvg(Strategy):
     name: ClassVar[str] = "fedavg"
 
     def aggregate_train(
-        self, global_weights: Weights, updates: Iterable[Update], state: ServerState
+        self,
+        global_weights: Weights,
+        updates: Iterable[Update],
+        total_samples: int,
+        state: ServerState,
     ) -> tuple[Weights, ServerState]:
-        return weighted_mean(updates), state
+        return weighted_mean(updates, total_samples), state

@@ -25,9 +25,13 @@ class FedAvgM(Strategy):
     server_momentum: float = 0.9
 
     def aggregate_train(
-        self, global_weights: Weights, updates: Iterable[Update], state: ServerState
+        self,
+        global_weights: Weights,
+        updates: Iterable[Update],
+        total_samples: int,
+        state: ServerState,
     ) -> tuple[Weights, ServerState]:
-        mean = weighted_mean(updates)
+        mean = weighted_mean(updates, total_samples)
         velocity: Weights = dict(state.get("velocity", {}))
         new: Weights = {}
         for name, current in global_weights.items():

@@ -25,9 +25,13 @@ class FedBuff(Strategy):
     server_lr: float = 1.0
 
     def aggregate_train(
-        self, global_weights: Weights, updates: Iterable[Update], state: ServerState
+        self,
+        global_weights: Weights,
+        updates: Iterable[Update],
+        total_samples: int,
+        state: ServerState,
     ) -> tuple[Weights, ServerState]:
-        mean_delta = weighted_mean(updates)
+        mean_delta = weighted_mean(updates, total_samples)
         new: Weights = {}
         for name, current in global_weights.items():
             if is_float(current):

@@ -32,9 +32,13 @@ class FedOpt(Strategy):
         raise NotImplementedError
 
     def aggregate_train(
-        self, global_weights: Weights, updates: Iterable[Update], state: ServerState
+        self,
+        global_weights: Weights,
+        updates: Iterable[Update],
+        total_samples: int,
+        state: ServerState,
     ) -> tuple[Weights, ServerState]:
-        mean = weighted_mean(updates)
+        mean = weighted_mean(updates, total_samples)
         m_all: Weights = dict(state.get("m", {}))
         v_all: Weights = dict(state.get("v", {}))
         new: Weights = {}
