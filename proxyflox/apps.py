@@ -11,7 +11,7 @@ import functools
 import os
 import socket
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,9 +33,9 @@ from proxyflox.data import (
 from proxyflox.data.partition import partition
 from proxyflox.models import build_model
 from proxyflox.stores import enter_site, put_weights, resolve_weights
-from proxyflox.strategies import Update, weighted_mean
+from proxyflox.strategies import Strategy, Update
 from proxyflox.training import derive_seed, evaluate, train_local
-from proxyflox.weights import Weights, load_weights, save_weights, weights_nbytes, weights_of
+from proxyflox.weights import load_weights, save_weights, weights_nbytes, weights_of
 
 # Fixed stream ids for derive_seed, so each use of the seed draws independent numbers.
 _PARTITION_STREAM, _INIT_STREAM, _SHUFFLE_STREAM = 1, 2, 3
@@ -197,10 +197,13 @@ def train_site(
     global_model: Mapping[str, Any],
     store_config: StoreConfig | None,
     options: SiteOptions | None = None,
+    instructions: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Site: resolve the global model, train on the site's own data, put the update.
 
     ``options`` (this site's batch size, epochs, threads, device, data) override ``config``.
+    ``instructions`` come from the strategy: ``proximal_mu`` (FedProx) and ``update_kind``
+    (``weights``, default, or ``delta``: trained minus received, for FedBuff).
 
     Returns:
         ``{"weights": <ref to the update>, "num_samples", "train_loss", "resolve_seconds",
@@ -209,14 +212,16 @@ def train_site(
         per class) is what the run's ``partition.csv`` is made of.
     """
     options = options or SiteOptions()
+    instructions = instructions or {}
     enter_site(options)
     torch.set_num_threads(options.torch_threads or config.torch_threads)
     info = model_dataset(config, global_model, options.data_dir)
     data = site_data(config, site, num_sites, options.data_dir, info=info)
-    weights, resolve_seconds = resolve_weights(global_model["weights"])
+    received, resolve_seconds = resolve_weights(global_model["weights"])
     model = new_model(config, info)
-    load_weights(model, weights)
-    del weights
+    load_weights(model, received)
+    if instructions.get("update_kind", "weights") != "delta":
+        del received
     start = time.perf_counter()
     epochs = options.local_epochs or config.local_epochs
     batch_size = options.batch_size or config.batch_size
@@ -230,9 +235,15 @@ def train_site(
         momentum=config.momentum,
         shuffle_seed=shuffle_seed(config, round_number, site),
         device=device,
+        proximal_mu=float(instructions.get("proximal_mu", 0.0)),
     )
     train_seconds = time.perf_counter() - start
-    ref, put_seconds = put_weights(weights_of(model), store_config)
+    update = weights_of(model)
+    if instructions.get("update_kind") == "delta":
+        update = {name: array - received[name] for name, array in update.items()}
+        del received
+    ref, put_seconds = put_weights(update, store_config)
+    del update
     return {
         "weights": ref,
         "site": site,
@@ -263,40 +274,67 @@ def _network_namespace() -> str:
 
 
 def aggregate_updates(
+    strategy: Strategy,
+    global_model: Mapping[str, Any],
     *train_results: Mapping[str, Any],
+    staleness: Sequence[int] = (),
+    state: Mapping[str, Any] | None = None,
     store_config: StoreConfig | None,
     save_path: str | None = None,
     options: SiteOptions | None = None,
 ) -> dict[str, Any]:
-    """Aggregator: FedAvg over the sites' updates, resolving one update at a time.
+    """Aggregator: the strategy's new global model from the sites' updates, resolving one
+    update at a time.
 
     Args:
-        train_results: The train apps' results (Parsl passes their futures' values).
+        strategy: The server rule (its hyperparameters; its state comes in ``state``).
+        global_model: The current global model (resolved only if the strategy needs it).
+        train_results: The train apps' results.
+        staleness: Per result, the global versions published since its site's model was sent.
+        state: The previous aggregation's ``{"weights": <ref to the strategy state>}``, if any.
         store_config: Where to put the new global model (``None``: return it directly).
         save_path: Also write the new global model there (the final ``model.pt``).
         options: The aggregator's options.
+
+    Returns:
+        ``{"weights", "state", "dataset", "model_bytes", "num_updates", "aggregate_seconds",
+        "resolve_seconds", "put_seconds"}``; ``state`` is ``None`` or ``{"weights": <ref>}``.
     """
     enter_site(options or SiteOptions())
     resolve_seconds = 0.0
 
-    def updates() -> Iterator[tuple[Weights, int]]:
+    def fetch(ref: Any) -> Any:
         nonlocal resolve_seconds
-        for result in train_results:
-            weights, seconds = resolve_weights(result["weights"])
-            resolve_seconds += seconds
-            yield weights, int(result["num_samples"])
-            del weights  # keep at most one update alive at a time
+        value, seconds = resolve_weights(ref)
+        resolve_seconds += seconds
+        return value
 
+    def updates() -> Iterator[Update]:
+        for index, result in enumerate(train_results):
+            yield Update(
+                fetch(result["weights"]),
+                int(result["num_samples"]),
+                staleness[index] if staleness else 0,
+            )
+
+    current = fetch(global_model["weights"]) if strategy.uses_global_model else {}
+    previous_state = fetch(state["weights"]) if state else strategy.initial_state()
     start = time.perf_counter()
     total = sum(int(result["num_samples"]) for result in train_results)
-    new_global = weighted_mean((Update(weights, n) for weights, n in updates()), total)
+    new_global, new_state = strategy.aggregate_train(current, updates(), total, previous_state)
     aggregate_seconds = time.perf_counter() - start - resolve_seconds
+    del current, previous_state
     if save_path is not None:
         save_weights(new_global, save_path)
     ref, put_seconds = put_weights(new_global, store_config)
+    state_ref = None
+    if new_state:
+        state_ref, state_put_seconds = put_weights(new_state, store_config)
+        put_seconds += state_put_seconds
     return {
         "weights": ref,
-        "dataset": train_results[0].get("dataset"),  # passed on to the next round's sites
+        "state": {"weights": state_ref} if state_ref is not None else None,
+        "dataset": global_model.get("dataset"),  # passed on to the next round's sites
         "model_bytes": weights_nbytes(new_global),
         "num_updates": len(train_results),
         "aggregate_seconds": aggregate_seconds,

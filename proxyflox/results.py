@@ -13,6 +13,7 @@ ROUND_COLUMNS = [
     "round",
     "sites",  # how many sites contributed to this round's aggregate
     "site_ids",  # which ones, space-separated
+    "late_site_ids",  # sites that missed round_deadline (their updates were dropped)
     "accuracy",
     "loss",
     "round_seconds",  # controller clock: first train submitted -> evaluation returned
@@ -57,7 +58,8 @@ class CsvLog:
         self.columns = list(columns)
         new = not path.exists()
         self._file = open(path, "a", newline="")  # noqa: SIM115 (closed in close())
-        self._writer = csv.DictWriter(self._file, fieldnames=self.columns)
+        # Rows may carry more than the columns (e.g. per-site numbers above MAX_SITE_COLUMNS).
+        self._writer = csv.DictWriter(self._file, fieldnames=self.columns, extrasaction="ignore")
         if new:
             self._writer.writeheader()
             self._file.flush()
@@ -75,9 +77,31 @@ def _format(value: Any) -> Any:
     return f"{value:.6g}" if isinstance(value, float) else value
 
 
+#: ``rounds.csv`` of an asynchronous run: one row per aggregation (global version).
+ASYNC_ROUND_COLUMNS = [
+    "round",  # the global version this aggregation made
+    "sites", "site_ids", "staleness",  # the updates aggregated and their staleness
+    "updates_total",  # updates received so far
+    "seconds",  # controller clock since the run started
+    "accuracy", "loss", "aggregate_seconds", "aggregate_resolve_seconds", "evaluate_seconds",
+    "model_bytes",
+]  # fmt: skip
+#: ``updates.csv`` of an asynchronous run: every update as it arrived.
+UPDATE_COLUMNS = [
+    "update", "site", "executor", "version_started", "staleness", "seconds", "num_samples",
+    "train_loss", "resolve_seconds", "train_seconds", "put_seconds", "host", "pid",
+]  # fmt: skip
+
+#: Above this many sites, per-site numbers are in ``sites.csv`` only (not one column each).
+MAX_SITE_COLUMNS = 64
+
+
 def round_columns(num_sites: int, evaluate_sites: bool = False) -> list[str]:
     """Columns of ``rounds.csv``: the round summary, then each site's train and resolve seconds,
-    then (``evaluate_sites``) each site's local accuracy and loss."""
+    then (``evaluate_sites``) each site's local accuracy and loss; the per-site columns only for
+    up to :data:`MAX_SITE_COLUMNS` sites."""
+    if num_sites > MAX_SITE_COLUMNS:
+        return list(ROUND_COLUMNS)
     per_site = [
         f"site{site}_{what}_seconds" for site in range(num_sites) for what in ("train", "resolve")
     ]

@@ -1,40 +1,35 @@
-"""The controller: FedAvg rounds as Parsl apps, with only small references passing through here.
+"""The controller: federated rounds as Parsl apps, with only small references passing through.
 
 Per round::
 
-    train(site i, global model ref)  on site i's executor   -> {"weights": <update ref>, ...}
-    aggregate(*train futures)         on the aggregator      -> {"weights": <new global ref>, ...}
-    evaluate(new global ref)          on the aggregator      -> {"accuracy", "loss", ...}
+    sites = strategy.configure_train(...)          which sites train (clients_per_round, fraction)
+    train(site, global model ref)   on each site's executor  -> {"weights": <update ref>, ...}
+    ... wait for all, or until round_deadline (late updates are dropped and evicted)
+    aggregate(global, *updates)     on the aggregator        -> {"weights": <new global ref>, ...}
+    evaluate(new global ref)        on the aggregator        -> {"accuracy", "loss", ...}
 
 The controller never resolves a weights proxy; it only forwards them and, once a round is
-finished, evicts the round's objects by key.
+finished, evicts the round's objects by key. Asynchronous strategies run in
+``asynchronous.py`` instead.
 """
 
 from __future__ import annotations
 
-import shutil
+import concurrent.futures
 import time
-import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import parsl
-from proxystore.store.base import Store
+from proxyflox.config import ExperimentConfig
+from proxyflox.federation import Federation, RunStoppedError
+from proxyflox.results import round_columns
+from proxyflox.sites import Deployment
+from proxyflox.strategies import Strategy, build_strategy
 
-from proxyflox.apps import bind_apps
-from proxyflox.config import ConfigError, ExperimentConfig, SiteOptions, merge_site_options
-from proxyflox.results import (
-    PARTITION_FILE,
-    SITE_COLUMNS,
-    CsvLog,
-    round_columns,
-    write_partition,
-)
-from proxyflox.sites import Deployment, assign_sites, site_executor_labels
-from proxyflox.stores import BACKENDS, evict_weights, open_store
+__all__ = ["RunResult", "RunStoppedError", "run_federation"]
 
 
 @dataclass
@@ -56,155 +51,108 @@ def run_federation(
     *,
     progress: Callable[[str], None] = print,
 ) -> RunResult:
-    """Run ``config.rounds`` rounds of FedAvg on the executors of a deployment.
+    """Run the experiment on the executors of a deployment; results go to ``run_dir``.
 
     Parsl is shut down on every exit path (errors and Ctrl-C included), and every object the run
     put into the store is evicted.
+
+    Raises:
+        RunStoppedError: when a round ends with fewer than ``min_clients`` updates.
     """
-    parsl_config = deployment.parsl_config
-    options = deployment.options_for(config)
-    if config.transfer == "proxy":
-        backend_options = BACKENDS[config.store.backend].site_options(config.store)
-        options = {
-            label: merge_site_options(backend_options.get(label, SiteOptions()), site)
-            for label, site in options.items()
-        }
-    site_labels = site_executor_labels(parsl_config, config.aggregator)
-    num_sites = config.sites or len(site_labels)
-    if config.dataset == "folder" and num_sites > len(site_labels):
-        # A site is a machine with its own data: two sites on one executor would read the
-        # same files and train on the same samples twice.
-        raise ConfigError(
-            f"sites: dataset folder needs one site executor per site, got sites={num_sites} "
-            f"and {len(site_labels)} site executor(s)"
-        )
-    placement = assign_sites(num_sites, site_labels)
-    parsl_config.run_dir = str(run_dir / "parsl")
-    apps = bind_apps(sorted(set(placement)), config.aggregator)
+    strategy = build_strategy(config.strategy)
+    if strategy.asynchronous:
+        from proxyflox.asynchronous import run_asynchronous
 
-    store: Store[Any] | None = None
-    if config.transfer == "proxy":
-        store = open_store(config.store, run_dir, name=f"proxyflox-{uuid.uuid4().hex[:12]}")
-    store_config = store.config() if store is not None else None
-
-    result = RunResult(run_dir)
-    rounds_log = CsvLog(run_dir / "rounds.csv", round_columns(num_sites, config.evaluate_sites))
-    sites_log = CsvLog(run_dir / "sites.csv", SITE_COLUMNS)
-    in_flight: list[Future[Any]] = []  # futures whose results may hold refs to evict
-    try:
-        with parsl.load(parsl_config):
-            on_aggregator = options[config.aggregator]
-            init = apps.init(config, store_config, on_aggregator)
-            in_flight.append(init)
-            global_model = init.result()
-            for round_number in range(1, config.rounds + 1):
-                start = time.perf_counter()
-                trains = [
-                    apps.train[placement[site]](
-                        config,
-                        site,
-                        num_sites,
-                        round_number,
-                        global_model,
-                        store_config,
-                        options[placement[site]],
-                    )
-                    for site in range(num_sites)
-                ]
-                last = round_number == config.rounds
-                aggregate = apps.aggregate(
-                    *trains,
-                    store_config=store_config,
-                    save_path=str(run_dir / "model.pt") if last else None,
-                    options=on_aggregator,
-                )
-                evaluation = apps.evaluate(config, aggregate, on_aggregator)
-                local_evaluations = [
-                    apps.evaluate_site[placement[site]](
-                        config, site, num_sites, aggregate, options[placement[site]]
-                    )
-                    for site in (range(num_sites) if config.evaluate_sites else ())
-                ]
-                in_flight.extend([*trains, aggregate])
-                # Sites first, so a failing site surfaces as itself, not as a dependency error.
-                updates = [train.result() for train in trains]
-                new_global = aggregate.result()
-                metrics = evaluation.result()
-                local_metrics = [local.result() for local in local_evaluations]
-                round_seconds = time.perf_counter() - start
-
-                # The old global model and the updates are no longer needed by anyone.
-                if store is not None:
-                    for done in (global_model, *updates):
-                        evict_weights(store, done["weights"])
-                in_flight = [aggregate]
-                global_model = new_global
-
-                row = _round_row(round_number, updates, new_global, metrics, round_seconds)
-                for local in local_metrics:
-                    row[f"site{local['site']}_accuracy"] = local["accuracy"]
-                    row[f"site{local['site']}_loss"] = local["loss"]
-                rounds_log.write(row)
-                if round_number == 1:
-                    _write_partition_summary(run_dir, placement, updates, local_metrics)
-                for update in updates:
-                    sites_log.write(
-                        {"round": round_number, "executor": placement[update["site"]]}
-                        | {key: update[key] for key in SITE_COLUMNS if key in update}
-                    )
+        result = run_asynchronous(config, strategy, deployment, run_dir, progress)
+    else:
+        result = RunResult(run_dir)
+        columns = lambda num_sites: round_columns(num_sites, config.evaluate_sites)  # noqa: E731
+        with Federation(config, deployment, run_dir, progress, columns) as federation:
+            for row in run_rounds(federation, strategy):
                 result.rounds.append(row)
-                progress(
-                    f"round {round_number:>3}/{config.rounds}  accuracy {metrics['accuracy']:.4f}"
-                    f"  loss {metrics['loss']:.4f}  round {round_seconds:.2f}s"
-                    f"  (train max {row['train_seconds_max']:.2f}s,"
-                    f" aggregate {row['aggregate_seconds']:.2f}s,"
-                    f" evaluate {row['evaluate_seconds']:.2f}s)"
-                )
-    finally:
-        rounds_log.close()
-        sites_log.close()
-        if store is not None:
-            _evict_outstanding(store, in_flight)
-            store.close()
-            _clean_store_dir(config, run_dir, progress)
     _write_plots(run_dir, progress)
     return result
 
 
-def _write_partition_summary(
-    run_dir: Path,
-    placement: list[str],
-    updates: list[dict[str, Any]],
-    local_metrics: list[dict[str, Any]],
-) -> None:
-    """``partition.csv`` from the class counts the sites reported: the controller never loads
-    data to know how it is split."""
-    rows = [
-        {
-            "site": result["site"],
-            "executor": placement[result["site"]],
-            "split": split,
-            "class_counts": result["class_counts"],
+def run_rounds(federation: Federation, strategy: Strategy) -> Any:
+    """Synchronous rounds; yields each round's ``rounds.csv`` row as it is written."""
+    config = federation.config
+    instructions = strategy.train_instructions() | {"update_kind": strategy.update_kind}
+    global_model = federation.init_model()
+    state: Mapping[str, Any] | None = None
+    federation.hold(global_model)
+    for round_number in range(1, config.rounds + 1):
+        start = time.perf_counter()
+        selected = federation.sample(strategy, round_number)
+        trains = {
+            site: federation.train(site, round_number, global_model, instructions)
+            for site in selected
         }
-        for split, results in (("train", updates), ("test", local_metrics))
-        for result in results
-    ]
-    write_partition(run_dir / PARTITION_FILE, rows)
+        updates, late = _collect(federation, trains, global_model, config.round_deadline)
+        if len(updates) < config.min_clients:
+            raise RunStoppedError(
+                f"round {round_number}: {len(updates)} of {len(selected)} sites returned "
+                f"an update in time, fewer than min_clients={config.min_clients}"
+            )
+        last = round_number == config.rounds
+        aggregate = federation.aggregate(strategy, global_model, updates, state=state, save=last)
+        evaluation = federation.evaluate(aggregate)
+        local_evaluations = federation.evaluate_sites(aggregate)
+        new_global = federation.settle(aggregate)
+        federation.hold(new_global)
+        metrics = evaluation.result()
+        local_metrics = [local.result() for local in local_evaluations]
+        round_seconds = time.perf_counter() - start
+
+        # The old global model (with its strategy state) and the updates: nobody needs them now.
+        federation.release(global_model, *updates)
+        global_model, state = new_global, new_global.get("state")
+
+        row = _round_row(round_number, updates, late, new_global, metrics, round_seconds)
+        for local in local_metrics:
+            row[f"site{local['site']}_accuracy"] = local["accuracy"]
+            row[f"site{local['site']}_loss"] = local["loss"]
+        federation.rounds_log.write(row)
+        federation.log_sites(round_number, updates)
+        if round_number == 1:
+            federation.write_partition_summary(updates, local_metrics)
+        federation.progress(
+            f"round {round_number:>3}/{config.rounds}  accuracy {metrics['accuracy']:.4f}"
+            f"  loss {metrics['loss']:.4f}  round {round_seconds:.2f}s"
+            f"  (train max {row['train_seconds_max']:.2f}s,"
+            f" aggregate {row['aggregate_seconds']:.2f}s,"
+            f" evaluate {row['evaluate_seconds']:.2f}s"
+            + (f", late: {row['late_site_ids']}" if late else "")
+            + ")"
+        )
+        yield row
 
 
-def _write_plots(run_dir: Path, progress: Callable[[str], None]) -> None:
-    """The run's PNG plots; a plotting failure only warns, the CSV files are the results."""
-    from proxyflox.plot import plot_run  # matplotlib loads only when a run has finished
+def _collect(
+    federation: Federation,
+    trains: dict[int, Future[Any]],
+    global_model: Mapping[str, Any],
+    deadline: float | None,
+) -> tuple[list[dict[str, Any]], list[int]]:
+    """The updates that arrived (all, or those in by the deadline) and the late sites.
 
-    try:
-        plot_run(run_dir)
-    except Exception as err:
-        progress(f"warning: plots not written: {type(err).__name__}: {err}")
+    Late sites' apps keep running; their updates are evicted as soon as they arrive.
+    """
+    done, _ = concurrent.futures.wait(trains.values(), timeout=deadline)
+    updates, late = [], []
+    for site, future in trains.items():
+        if future in done:
+            updates.append(federation.settle(future))  # a failing site raises here
+        else:
+            late.append(site)
+            federation.discard_when_done(future, started_from=global_model)
+    return updates, late
 
 
 def _round_row(
     round_number: int,
     updates: list[dict[str, Any]],
+    late: list[int],
     new_global: dict[str, Any],
     metrics: dict[str, Any],
     round_seconds: float,
@@ -214,6 +162,7 @@ def _round_row(
         "round": round_number,
         "sites": len(updates),
         "site_ids": " ".join(str(u["site"]) for u in updates),
+        "late_site_ids": " ".join(str(site) for site in late),
         "accuracy": metrics["accuracy"],
         "loss": metrics["loss"],
         "round_seconds": round_seconds,
@@ -233,26 +182,11 @@ def _round_row(
     return row
 
 
-def _evict_outstanding(store: Store[Any], futures: Iterable[Future[Any]]) -> None:
-    """Evict what finished apps put, after an error or at the end (the final global model)."""
-    for future in futures:
-        if future.done() and future.exception() is None:
-            value = future.result()
-            if isinstance(value, dict) and "weights" in value:
-                evict_weights(store, value["weights"])
+def _write_plots(run_dir: Path, progress: Callable[[str], None]) -> None:
+    """The run's PNG plots; a plotting failure only warns, the CSV files are the results."""
+    from proxyflox.plot import plot_run  # matplotlib loads only when a run has finished
 
-
-def _clean_store_dir(
-    config: ExperimentConfig, run_dir: Path, progress: Callable[[str], None]
-) -> None:
-    """Remove the run's own store directory (it may hold objects of apps an interrupt cut off);
-    leave a user-given shared directory alone, saying what is still in it."""
-    if config.store.backend != "file":
-        return
-    if config.store.directory is None:
-        shutil.rmtree(run_dir / "store", ignore_errors=True)
-        return
-    directory = Path(config.store.directory)
-    leftovers = list(directory.iterdir()) if directory.is_dir() else []
-    if leftovers:
-        progress(f"warning: {len(leftovers)} object(s) of this run are left in {directory}")
+    try:
+        plot_run(run_dir)
+    except Exception as err:
+        progress(f"warning: plots not written: {type(err).__name__}: {err}")

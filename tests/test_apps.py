@@ -12,6 +12,7 @@ from proxystore.proxy import Proxy, is_resolved
 from proxyflox.apps import aggregate_updates, evaluate_global, init_global_model, train_site
 from proxyflox.config import load_experiment
 from proxyflox.stores import open_store, put_weights, resolve_weights
+from proxyflox.strategies import FedAvg
 from tests.helpers import DEFAULT_EXPERIMENT
 
 
@@ -49,7 +50,7 @@ def test_aggregate_app_resolves_updates_and_computes_the_weighted_mean(store_con
             ]
         )
     )
-    new_global = aggregate_updates(*results, store_config=store_config)
+    new_global = aggregate_updates(FedAvg(), {}, *results, store_config=store_config)
     weights, _ = resolve_weights(new_global["weights"])
     np.testing.assert_array_equal(weights["w"], np.array([1.75, 3.5], dtype=np.float32))
     assert new_global["num_updates"] == 2
@@ -62,7 +63,7 @@ def test_direct_transfer_passes_the_arrays_themselves() -> None:
     global_model = init_global_model(config, None)
     assert isinstance(global_model["weights"], dict)
     result = train_site(config, 1, 4, 1, global_model, None)
-    new_global = aggregate_updates(result, store_config=None)
+    new_global = aggregate_updates(FedAvg(), global_model, result, store_config=None)
     # One update with any sample count averages back to itself.
     for name, array in result["weights"].items():
         assert new_global["weights"][name].tobytes() == array.tobytes()

@@ -43,6 +43,8 @@ class Strategy:
     update_kind: ClassVar[str] = "weights"
     #: Asynchronous strategies aggregate as updates arrive instead of once per round.
     asynchronous: ClassVar[bool] = False
+    #: Whether :meth:`aggregate_train` reads the current global model (else it gets ``{}``).
+    uses_global_model: ClassVar[bool] = True
 
     def configure_train(
         self, round_number: int, sites: Sequence[int], rng: np.random.Generator, count: int

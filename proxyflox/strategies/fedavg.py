@@ -16,6 +16,7 @@ class FedAvg(Strategy):
     """Sample-weighted mean of the sites' models."""
 
     name: ClassVar[str] = "fedavg"
+    uses_global_model: ClassVar[bool] = False
 
     def aggregate_train(
         self,
