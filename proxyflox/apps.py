@@ -20,6 +20,7 @@ import torch
 from parsl import python_app
 from proxystore.store.config import StoreConfig
 
+from proxyflox.checkpoints import read_checkpoint, write_checkpoint
 from proxyflox.config import ConfigError, ExperimentConfig, SiteOptions
 from proxyflox.data import (
     TEST,
@@ -168,9 +169,13 @@ def model_dataset(
 
 
 def init_global_model(
-    config: ExperimentConfig, store_config: StoreConfig | None, options: SiteOptions | None = None
+    config: ExperimentConfig,
+    store_config: StoreConfig | None,
+    options: SiteOptions | None = None,
+    resume_from: str | None = None,
 ) -> dict[str, Any]:
-    """Aggregator: build the initial global model and put it into the store.
+    """Aggregator: build the initial global model (or read it, and the strategy state, from a
+    checkpoint) and put it into the store.
 
     The result carries the dataset facts (input shape, classes; for ``folder`` those of the
     aggregator's data) under ``"dataset"``; every later global model passes them on, so sites
@@ -179,10 +184,16 @@ def init_global_model(
     options = options or SiteOptions()
     enter_site(options)
     info = dataset_info(config.dataset, options.data_dir or config.data_dir)
-    weights = weights_of(new_model(config, info))
+    state: dict[str, Any] = {}
+    if resume_from is None:
+        weights = weights_of(new_model(config, info))
+    else:
+        weights, state = read_checkpoint(resume_from)
     ref, put_seconds = put_weights(weights, store_config)
+    state_ref = put_weights(state, store_config)[0] if state else None
     return {
         "weights": ref,
+        "state": {"weights": state_ref} if state_ref is not None else None,
         "dataset": info,
         "model_bytes": weights_nbytes(weights),
         "put_seconds": put_seconds,
@@ -281,6 +292,7 @@ def aggregate_updates(
     state: Mapping[str, Any] | None = None,
     store_config: StoreConfig | None,
     save_path: str | None = None,
+    checkpoint_dir: str | None = None,
     options: SiteOptions | None = None,
 ) -> dict[str, Any]:
     """Aggregator: the strategy's new global model from the sites' updates, resolving one
@@ -294,11 +306,13 @@ def aggregate_updates(
         state: The previous aggregation's ``{"weights": <ref to the strategy state>}``, if any.
         store_config: Where to put the new global model (``None``: return it directly).
         save_path: Also write the new global model there (the final ``model.pt``).
+        checkpoint_dir: Also write the new global model and state there (a checkpoint).
         options: The aggregator's options.
 
     Returns:
         ``{"weights", "state", "dataset", "model_bytes", "num_updates", "aggregate_seconds",
-        "resolve_seconds", "put_seconds"}``; ``state`` is ``None`` or ``{"weights": <ref>}``.
+        "resolve_seconds", "put_seconds", "checkpoint_seconds"}``; ``state`` is ``None`` or
+        ``{"weights": <ref>}``.
     """
     enter_site(options or SiteOptions())
     resolve_seconds = 0.0
@@ -326,6 +340,10 @@ def aggregate_updates(
     del current, previous_state
     if save_path is not None:
         save_weights(new_global, save_path)
+    checkpoint_start = time.perf_counter()
+    if checkpoint_dir is not None:
+        write_checkpoint(checkpoint_dir, new_global, new_state)
+    checkpoint_seconds = time.perf_counter() - checkpoint_start
     ref, put_seconds = put_weights(new_global, store_config)
     state_ref = None
     if new_state:
@@ -340,6 +358,7 @@ def aggregate_updates(
         "aggregate_seconds": aggregate_seconds,
         "resolve_seconds": resolve_seconds,
         "put_seconds": put_seconds,
+        "checkpoint_seconds": checkpoint_seconds,
     }
 
 

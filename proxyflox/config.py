@@ -157,6 +157,8 @@ class ExperimentConfig:
     min_clients: int = 1
     #: Seconds a round waits for its sites; late updates are dropped (``null``: wait for all).
     round_deadline: float | None = None
+    #: How often Parsl retries a failed app (e.g. a site's worker died) before giving up on it.
+    retries: int = 1
     #: Asynchronous strategies stop after this many updates or seconds (at least one is needed).
     max_updates: int | None = None
     max_seconds: float | None = None
@@ -190,7 +192,12 @@ def load_experiment(
         data = _read_yaml(Path(path))
     for dotted, value in (overrides or {}).items():
         _set_dotted(data, dotted, value)
-    config = _build(ExperimentConfig, data, prefix="")
+    return experiment_from_dict(data)
+
+
+def experiment_from_dict(data: Mapping[str, Any]) -> ExperimentConfig:
+    """Build and validate settings from plain data (a parsed YAML file)."""
+    config: ExperimentConfig = _build(ExperimentConfig, data, prefix="")
     validate(config)
     return config
 
@@ -384,6 +391,8 @@ def _validate_strategy(config: ExperimentConfig) -> None:
         raise ConfigError(f"clients_per_round: must be at least 1, got {config.clients_per_round}")
     if config.fraction is not None and not 0.0 < config.fraction <= 1.0:
         raise ConfigError(f"fraction: must be in (0, 1], got {config.fraction}")
+    if config.retries < 0:
+        raise ConfigError(f"retries: must be at least 0, got {config.retries}")
     if config.min_clients < 1:
         raise ConfigError(f"min_clients: must be at least 1, got {config.min_clients}")
     if config.round_deadline is not None and config.round_deadline <= 0:

@@ -76,6 +76,7 @@ class Federation:
             )
         self.placement = assign_sites(self.num_sites, site_labels)
         self.parsl_config.run_dir = str(run_dir / "parsl")
+        self.parsl_config.retries = config.retries
         self.apps = bind_apps(sorted(set(self.placement)), config.aggregator)
         self.aggregator_options = self.options[config.aggregator]
         self.store: Store[Any] | None = None
@@ -114,17 +115,28 @@ class Federation:
             self.rounds_log.close()
             self.sites_log.close()
             if self.store is not None:
-                self.evict(*self._held, *self._deferred.values())
-                self.evict(*self._finished_results(self._pending))
+                try:
+                    self.evict(*self._held, *self._deferred.values())
+                    self.evict(*self._finished_results(self._pending))
+                except RunStoppedError as err:
+                    if exc_type is None:
+                        raise
+                    self.progress(f"warning: objects of this run may be left: {err}")
                 self.store.close()
                 self._clean_store_dir()
 
     # -- submitting apps --------------------------------------------------------------------------
 
-    def init_model(self) -> dict[str, Any]:
-        """The initial global model, built and put by the aggregator."""
+    def init_model(self, resume_from: Path | None = None) -> dict[str, Any]:
+        """The initial global model, built (or read from a checkpoint) and put by the
+        aggregator."""
         future = self._track(
-            self.apps.init(self.config, self.store_config, self.aggregator_options)
+            self.apps.init(
+                self.config,
+                self.store_config,
+                self.aggregator_options,
+                str(resume_from) if resume_from else None,
+            )
         )
         return self.settle(future)
 
@@ -152,6 +164,7 @@ class Federation:
         staleness: list[int] | None = None,
         state: Mapping[str, Any] | None = None,
         save: bool = False,
+        checkpoint: Path | None = None,
     ) -> Future[Any]:
         return self._track(
             self.apps.aggregate(
@@ -162,6 +175,7 @@ class Federation:
                 state=state,
                 store_config=self.store_config,
                 save_path=str(self.run_dir / "model.pt") if save else None,
+                checkpoint_dir=str(checkpoint) if checkpoint else None,
                 options=self.aggregator_options,
             )
         )
@@ -204,6 +218,10 @@ class Federation:
         self._pending.discard(future)
         return result
 
+    def settle_failed(self, future: Future[Any]) -> None:
+        """Forget a tracked future that failed (it put nothing the run knows of)."""
+        self._pending.discard(future)
+
     def hold(self, *results: Mapping[str, Any] | None) -> None:
         """Keep these results' objects until :meth:`release` (or the end of the run)."""
         with self._lock:
@@ -223,14 +241,25 @@ class Federation:
             self.evict(result)
 
     def evict(self, *results: Mapping[str, Any] | None) -> None:
+        """Delete these results' objects from the store.
+
+        Raises:
+            RunStoppedError: if the store cannot be reached any more.
+        """
         if self.store is None:
             return
-        for result in results:
-            if not result:
-                continue
-            evict_weights(self.store, result["weights"])
-            if result.get("state"):
-                evict_weights(self.store, result["state"]["weights"])
+        try:
+            for result in results:
+                if not result:
+                    continue
+                evict_weights(self.store, result["weights"])
+                if result.get("state"):
+                    evict_weights(self.store, result["state"]["weights"])
+        except Exception as err:
+            where = BACKENDS[self.config.store.backend].describe(self.config.store, self.run_dir)
+            raise RunStoppedError(
+                f"lost the store ({where}): {type(err).__name__}: {' '.join(str(err).split())}"
+            ) from err
 
     def discard_when_done(self, future: Future[Any], started_from: Mapping[str, Any]) -> None:
         """A result nobody will use (a late site): evict its objects as soon as it arrives, and

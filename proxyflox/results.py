@@ -14,6 +14,8 @@ ROUND_COLUMNS = [
     "sites",  # how many sites contributed to this round's aggregate
     "site_ids",  # which ones, space-separated
     "late_site_ids",  # sites that missed round_deadline (their updates were dropped)
+    "failed_site_ids",  # sites whose train app failed, after Parsl's retries
+    "failures",  # why, per failed site
     "accuracy",
     "loss",
     "round_seconds",  # controller clock: first train submitted -> evaluation returned
@@ -23,6 +25,7 @@ ROUND_COLUMNS = [
     "aggregate_seconds",
     "aggregate_resolve_seconds",  # aggregator resolving all updates
     "aggregate_put_seconds",  # aggregator putting the new global model
+    "checkpoint_seconds",  # aggregator writing the round's checkpoint
     "evaluate_seconds",
     "model_bytes",
     "train_loss",  # sample-weighted mean of the sites' last-epoch training loss

@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import concurrent.futures
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from proxyflox.checkpoints import ResumePoint, checkpoint_dir, mark_complete
 from proxyflox.config import ExperimentConfig
 from proxyflox.federation import Federation, RunStoppedError
 from proxyflox.results import round_columns
@@ -50,11 +51,19 @@ def run_federation(
     run_dir: Path,
     *,
     progress: Callable[[str], None] = print,
+    resume: ResumePoint | None = None,
 ) -> RunResult:
     """Run the experiment on the executors of a deployment; results go to ``run_dir``.
 
     Parsl is shut down on every exit path (errors and Ctrl-C included), and every object the run
     put into the store is evicted.
+
+    Args:
+        config: The experiment.
+        deployment: Where the apps run.
+        run_dir: The run's directory (created by the caller).
+        progress: Called with one line per round.
+        resume: Continue a stopped run from its last checkpoint.
 
     Raises:
         RunStoppedError: when a round ends with fewer than ``min_clients`` updates.
@@ -68,34 +77,50 @@ def run_federation(
         result = RunResult(run_dir)
         columns = lambda num_sites: round_columns(num_sites, config.evaluate_sites)  # noqa: E731
         with Federation(config, deployment, run_dir, progress, columns) as federation:
-            for row in run_rounds(federation, strategy):
+            for row in run_rounds(federation, strategy, resume):
                 result.rounds.append(row)
     _write_plots(run_dir, progress)
     return result
 
 
-def run_rounds(federation: Federation, strategy: Strategy) -> Any:
-    """Synchronous rounds; yields each round's ``rounds.csv`` row as it is written."""
+def run_rounds(
+    federation: Federation, strategy: Strategy, resume: ResumePoint | None = None
+) -> Iterator[dict[str, Any]]:
+    """Synchronous rounds; yields each round's ``rounds.csv`` row as it is written.
+
+    Every round ends with a checkpoint (written by the aggregator, marked complete here once the
+    round's rows are written).
+    """
     config = federation.config
     instructions = strategy.train_instructions() | {"update_kind": strategy.update_kind}
-    global_model = federation.init_model()
-    state: Mapping[str, Any] | None = None
+    first_round = resume.round_number + 1 if resume else 1
+    global_model = federation.init_model(resume.checkpoint if resume else None)
+    state: Mapping[str, Any] | None = global_model.get("state")
     federation.hold(global_model)
-    for round_number in range(1, config.rounds + 1):
+    for round_number in range(first_round, config.rounds + 1):
         start = time.perf_counter()
         selected = federation.sample(strategy, round_number)
         trains = {
             site: federation.train(site, round_number, global_model, instructions)
             for site in selected
         }
-        updates, late = _collect(federation, trains, global_model, config.round_deadline)
+        updates, late, failed = _collect(federation, trains, global_model, config.round_deadline)
         if len(updates) < config.min_clients:
+            failures = "; ".join(f"site {site}: {why}" for site, why in failed.items())
             raise RunStoppedError(
                 f"round {round_number}: {len(updates)} of {len(selected)} sites returned "
                 f"an update in time, fewer than min_clients={config.min_clients}"
+                + (f" ({failures})" if failures else "")
             )
         last = round_number == config.rounds
-        aggregate = federation.aggregate(strategy, global_model, updates, state=state, save=last)
+        aggregate = federation.aggregate(
+            strategy,
+            global_model,
+            updates,
+            state=state,
+            save=last,
+            checkpoint=checkpoint_dir(federation.run_dir, round_number),
+        )
         evaluation = federation.evaluate(aggregate)
         local_evaluations = federation.evaluate_sites(aggregate)
         new_global = federation.settle(aggregate)
@@ -108,7 +133,7 @@ def run_rounds(federation: Federation, strategy: Strategy) -> Any:
         federation.release(global_model, *updates)
         global_model, state = new_global, new_global.get("state")
 
-        row = _round_row(round_number, updates, late, new_global, metrics, round_seconds)
+        row = _round_row(round_number, updates, late, failed, new_global, metrics, round_seconds)
         for local in local_metrics:
             row[f"site{local['site']}_accuracy"] = local["accuracy"]
             row[f"site{local['site']}_loss"] = local["loss"]
@@ -116,6 +141,7 @@ def run_rounds(federation: Federation, strategy: Strategy) -> Any:
         federation.log_sites(round_number, updates)
         if round_number == 1:
             federation.write_partition_summary(updates, local_metrics)
+        mark_complete(federation.run_dir, round_number)
         federation.progress(
             f"round {round_number:>3}/{config.rounds}  accuracy {metrics['accuracy']:.4f}"
             f"  loss {metrics['loss']:.4f}  round {round_seconds:.2f}s"
@@ -123,6 +149,7 @@ def run_rounds(federation: Federation, strategy: Strategy) -> Any:
             f" aggregate {row['aggregate_seconds']:.2f}s,"
             f" evaluate {row['evaluate_seconds']:.2f}s"
             + (f", late: {row['late_site_ids']}" if late else "")
+            + (f", failed: {row['failed_site_ids']}" if failed else "")
             + ")"
         )
         yield row
@@ -133,26 +160,37 @@ def _collect(
     trains: dict[int, Future[Any]],
     global_model: Mapping[str, Any],
     deadline: float | None,
-) -> tuple[list[dict[str, Any]], list[int]]:
-    """The updates that arrived (all, or those in by the deadline) and the late sites.
+) -> tuple[list[dict[str, Any]], list[int], dict[int, str]]:
+    """The updates that arrived (all, or those in by the deadline), the late sites, and the
+    sites whose app failed (after Parsl's retries) with the reason.
 
     Late sites' apps keep running; their updates are evicted as soon as they arrive.
     """
     done, _ = concurrent.futures.wait(trains.values(), timeout=deadline)
-    updates, late = [], []
+    updates, late, failed = [], [], {}
     for site, future in trains.items():
-        if future in done:
-            updates.append(federation.settle(future))  # a failing site raises here
-        else:
+        if future not in done:
             late.append(site)
             federation.discard_when_done(future, started_from=global_model)
-    return updates, late
+        elif future.exception() is not None:
+            failed[site] = _reason(future.exception())
+            federation.settle_failed(future)
+        else:
+            updates.append(federation.settle(future))
+    return updates, late, failed
+
+
+def _reason(error: BaseException | None) -> str:
+    """One line on why an app failed."""
+    text = " ".join(str(error).split())
+    return f"{type(error).__name__}: {text}"[:300]
 
 
 def _round_row(
     round_number: int,
     updates: list[dict[str, Any]],
     late: list[int],
+    failed: dict[int, str],
     new_global: dict[str, Any],
     metrics: dict[str, Any],
     round_seconds: float,
@@ -163,6 +201,8 @@ def _round_row(
         "sites": len(updates),
         "site_ids": " ".join(str(u["site"]) for u in updates),
         "late_site_ids": " ".join(str(site) for site in late),
+        "failed_site_ids": " ".join(str(site) for site in failed),
+        "failures": "; ".join(f"site {site}: {why}" for site, why in failed.items()),
         "accuracy": metrics["accuracy"],
         "loss": metrics["loss"],
         "round_seconds": round_seconds,
@@ -172,6 +212,7 @@ def _round_row(
         "aggregate_seconds": new_global["aggregate_seconds"],
         "aggregate_resolve_seconds": new_global["resolve_seconds"],
         "aggregate_put_seconds": new_global["put_seconds"],
+        "checkpoint_seconds": new_global["checkpoint_seconds"],
         "evaluate_seconds": metrics["evaluate_seconds"],
         "model_bytes": new_global["model_bytes"],
         "train_loss": sum(u["train_loss"] * u["num_samples"] for u in updates) / samples,

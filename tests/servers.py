@@ -19,11 +19,11 @@ from proxyflox.endpoints import down, free_port, up
 
 
 @contextmanager
-def redis_server(password: str | None = None) -> Iterator[int]:
+def redis_server(password: str | None = None, port: int | None = None) -> Iterator[int]:
     """A throwaway redis-server on 127.0.0.1 (no persistence); yields its port."""
     binary = shutil.which("redis-server")
     assert binary, "redis-server is missing: apt-get install redis-server (.ci/run does)"
-    port = free_port("127.0.0.1")
+    port = port or free_port("127.0.0.1")
     command = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
                "--appendonly", "no", "--protected-mode", "yes"]  # fmt: skip
     if password:

@@ -14,6 +14,7 @@ import traceback
 from pathlib import Path
 from types import FrameType
 
+from proxyflox.checkpoints import ResumePoint, find_resume_point, truncate_round_logs
 from proxyflox.config import (
     ConfigError,
     add_override_options,
@@ -21,22 +22,24 @@ from proxyflox.config import (
     overrides_from_args,
     to_yaml,
 )
+from proxyflox.data import check_data_settings
 from proxyflox.inventory import INVENTORY_ENV
 from proxyflox.results import create_run_dir
-from proxyflox.rounds import run_federation
-from proxyflox.sites import load_deployment
+from proxyflox.rounds import RunStoppedError, run_federation
+from proxyflox.sites import load_deployment, site_executor_labels
 from proxyflox.stores import StoreUnreachableError, check_store
 
 DEFAULT_EXPERIMENT = Path(__file__).resolve().parent.parent / "experiments" / "digits_fedavg.yaml"
 EXIT_BAD_INPUT = 2
+EXIT_RUN_STOPPED = 3
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument(
         "--config",
-        default="local.py",
-        help="Parsl config: a file path or a name in parsl_configs/ (default: local.py)",
+        help="Parsl config: a file path or a name in parsl_configs/ (default: local.py; "
+        "with --resume, the run's own)",
     )
     parser.add_argument(
         "--experiment",
@@ -47,6 +50,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--inventory",
         metavar="FILE",
         help=f"Pi inventory YAML for --config pis.py (sets {INVENTORY_ENV})",
+    )
+    parser.add_argument(
+        "--resume",
+        metavar="RUN_DIR",
+        help="continue a stopped run from its last checkpoint, with its own settings",
     )
     parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
     add_override_options(parser)
@@ -59,13 +67,29 @@ def _stop_on_sigterm(signum: int, frame: FrameType | None) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args, extra = build_parser().parse_known_args(argv)
+    resume: ResumePoint | None = None
     try:
-        experiment = load_experiment(args.experiment, overrides_from_args(args, extra))
+        overrides = overrides_from_args(args, extra)
+        if args.resume:
+            if overrides:
+                raise ConfigError(
+                    f"--resume continues a run with the settings in its config.yaml; "
+                    f"drop --{next(iter(overrides))}"
+                )
+            resume = find_resume_point(args.resume)
+            experiment = resume.config
+        else:
+            experiment = load_experiment(args.experiment, overrides)
         if args.inventory:
             # Config modules take no arguments: pis.py reads its inventory path from here.
             os.environ[INVENTORY_ENV] = str(Path(args.inventory).resolve())
-        deployment = load_deployment(args.config)
-        deployment.options_for(experiment)  # fails here, before a run directory exists
+        deployment = load_deployment(args.config or (resume.parsl_config if resume else "local.py"))
+        # Fails here, before a run directory exists.
+        check_data_settings(
+            experiment,
+            deployment.options_for(experiment),
+            site_executor_labels(deployment.parsl_config, experiment.aggregator),
+        )
         if experiment.transfer == "proxy":
             check_store(experiment.store)
     except (ConfigError, StoreUnreachableError) as err:
@@ -74,21 +98,36 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
 
-    # Everything the user typed is valid: only now does the run directory appear.
-    run_dir = create_run_dir(experiment.runs_dir, experiment.name)
-    (run_dir / "config.yaml").write_text(
-        to_yaml(experiment, {"parsl_config": str(deployment.path)})
-    )
-    print(f"run directory: {run_dir}", flush=True)
+    if resume is not None:
+        run_dir = resume.run_dir
+        truncate_round_logs(run_dir, resume.round_number)
+        print(f"resuming {run_dir} after round {resume.round_number}", flush=True)
+    else:
+        # Everything the user typed is valid: only now does the run directory appear.
+        run_dir = create_run_dir(experiment.runs_dir, experiment.name)
+        (run_dir / "config.yaml").write_text(
+            to_yaml(experiment, {"parsl_config": str(deployment.path)})
+        )
+        print(f"run directory: {run_dir}", flush=True)
     signal.signal(signal.SIGTERM, _stop_on_sigterm)
     start = time.perf_counter()
     try:
         result = run_federation(
-            experiment, deployment, run_dir, progress=lambda line: print(line, flush=True)
+            experiment,
+            deployment,
+            run_dir,
+            progress=lambda line: print(line, flush=True),
+            resume=resume,
         )
     except KeyboardInterrupt:
-        print(f"interrupted; finished rounds are in {run_dir}", file=sys.stderr)
+        print(
+            f"interrupted; finished rounds are in {run_dir} (continue: --resume {run_dir})",
+            file=sys.stderr,
+        )
         return 130
+    except RunStoppedError as err:
+        print(f"error: run stopped: {err}; continue later: --resume {run_dir}", file=sys.stderr)
+        return EXIT_RUN_STOPPED
     except ConfigError as err:
         if args.debug:
             traceback.print_exc()

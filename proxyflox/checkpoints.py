@@ -1,0 +1,177 @@
+"""Checkpoints: everything a stopped synchronous run needs to continue as if it never stopped.
+
+After every round the aggregator writes ``checkpoints/round-NNNN/`` (the new global model and
+the strategy state, as ``.npz`` files: plain arrays, nothing is unpickled on resume); once the
+controller has written that round's rows, it points ``checkpoints/latest`` at it and removes
+older checkpoints. Every random draw in a run is derived from (seed, round, site), so the round
+number is the whole random state; the rounds so far are the rows of ``rounds.csv`` and
+``sites.csv`` up to that round.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from proxyflox.config import ConfigError, ExperimentConfig, experiment_from_dict
+from proxyflox.weights import Weights
+
+CHECKPOINTS = "checkpoints"
+LATEST = "latest"
+WEIGHTS_FILE = "weights.npz"
+STATE_FILE = "state.npz"
+#: Files a run keeps per round, which ``--resume`` cuts back to the checkpoint's round.
+ROUND_LOGS = ("rounds.csv", "sites.csv")
+
+
+def checkpoint_dir(run_dir: str | Path, round_number: int) -> Path:
+    return Path(run_dir) / CHECKPOINTS / f"round-{round_number:04d}"
+
+
+def write_checkpoint(directory: str | Path, weights: Weights, state: dict[str, Any]) -> None:
+    """Write a checkpoint atomically: a temporary directory renamed into place."""
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}-", dir=directory.parent))
+    np.savez(staging / WEIGHTS_FILE, **weights)  # type: ignore[arg-type]
+    np.savez(staging / STATE_FILE, **_flatten(state))  # type: ignore[arg-type]
+    if directory.exists():
+        shutil.rmtree(directory)
+    os.replace(staging, directory)
+
+
+def read_checkpoint(directory: str | Path) -> tuple[Weights, dict[str, Any]]:
+    """Weights and strategy state of a checkpoint (``allow_pickle=False``: arrays only).
+
+    Raises:
+        ConfigError: if a file is missing or unreadable.
+    """
+    directory = Path(directory)
+    try:
+        with np.load(directory / WEIGHTS_FILE, allow_pickle=False) as archive:
+            weights = {name: archive[name] for name in archive.files}
+        with np.load(directory / STATE_FILE, allow_pickle=False) as archive:
+            state = _unflatten({name: archive[name] for name in archive.files})
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
+        raise ConfigError(
+            f"resume: checkpoint {directory} cannot be read ({type(err).__name__}: {err})"
+        ) from None
+    if not weights:
+        raise ConfigError(f"resume: checkpoint {directory} holds no weights")
+    return weights, state
+
+
+def _flatten(state: dict[str, Any], prefix: str = "") -> dict[str, np.ndarray]:
+    """``{"m": {"conv.weight": a}}`` -> ``{"m/conv.weight": a}`` (parameter names have no '/')."""
+    flat: dict[str, np.ndarray] = {}
+    for key, value in state.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}/"))
+        else:
+            flat[f"{prefix}{key}"] = np.asarray(value)
+    return flat
+
+
+def _unflatten(flat: dict[str, np.ndarray]) -> dict[str, Any]:
+    state: dict[str, Any] = {}
+    for key, value in flat.items():
+        *path, name = key.split("/")
+        node = state
+        for part in path:
+            node = node.setdefault(part, {})
+        node[name] = value
+    return state
+
+
+def mark_complete(run_dir: str | Path, round_number: int) -> None:
+    """Point ``checkpoints/latest`` at this round's checkpoint; drop older ones."""
+    root = Path(run_dir) / CHECKPOINTS
+    latest = root / LATEST
+    staging = root / f".{LATEST}.tmp"
+    staging.write_text(f"{checkpoint_dir(run_dir, round_number).name}\n")
+    os.replace(staging, latest)
+    for old in root.glob("round-*"):
+        if old.name < f"round-{round_number:04d}":
+            shutil.rmtree(old, ignore_errors=True)
+
+
+@dataclass(frozen=True)
+class ResumePoint:
+    """Where a stopped run continues: its settings, Parsl config and last complete round."""
+
+    run_dir: Path
+    config: ExperimentConfig
+    parsl_config: str
+    round_number: int
+
+    @property
+    def checkpoint(self) -> Path:
+        return checkpoint_dir(self.run_dir, self.round_number)
+
+
+def find_resume_point(run_dir: str | Path) -> ResumePoint:
+    """Check a run directory for ``--resume`` and read what it needs.
+
+    Raises:
+        ConfigError: naming what is missing or corrupt.
+    """
+    run_dir = Path(run_dir)
+    where = f"resume: {run_dir}"
+    if not run_dir.is_dir():
+        raise ConfigError(f"{where} is not a directory")
+    settings_file = run_dir / "config.yaml"
+    if not settings_file.is_file():
+        raise ConfigError(f"{where} has no config.yaml; is it a run directory?")
+    try:
+        data = yaml.safe_load(settings_file.read_text())
+    except yaml.YAMLError:
+        raise ConfigError(f"{where}/config.yaml is not valid YAML") from None
+    if not isinstance(data, dict) or "parsl_config" not in data:
+        raise ConfigError(f"{where}/config.yaml is not a ProxyFlox run's settings")
+    parsl_config = str(data.pop("parsl_config"))
+    config = experiment_from_dict(data)
+    if config.strategy.name in ("fedasync", "fedbuff"):
+        raise ConfigError(f"{where}: asynchronous runs ({config.strategy.name}) cannot be resumed")
+    latest = run_dir / CHECKPOINTS / LATEST
+    if not latest.is_file():
+        raise ConfigError(
+            f"{where} has no complete checkpoint (it stopped before its first round finished); "
+            "start a new run"
+        )
+    name = latest.read_text().strip()
+    try:
+        round_number = int(name.removeprefix("round-"))
+    except ValueError:
+        raise ConfigError(f"{where}: {latest} is corrupt ({name!r})") from None
+    point = ResumePoint(run_dir, config, parsl_config, round_number)
+    read_checkpoint(point.checkpoint)  # fail now, not on the aggregator, if it is corrupt
+    if round_number >= config.rounds:
+        raise ConfigError(f"{where} already finished all {config.rounds} rounds")
+    return point
+
+
+def truncate_round_logs(run_dir: Path, round_number: int) -> None:
+    """Drop rows after ``round_number`` (written after the checkpoint, before the stop)."""
+    for name in ROUND_LOGS:
+        path = run_dir / name
+        if not path.exists():
+            continue
+        with open(path, newline="") as file:
+            reader = csv.DictReader(file)
+            columns = reader.fieldnames or []
+            rows = [row for row in reader if int(row["round"]) <= round_number]
+        staging = path.with_suffix(".tmp")
+        with open(staging, "w", newline="") as file:
+            writer = csv.DictWriter(file, fieldnames=columns)
+            writer.writeheader()
+            writer.writerows(rows)
+        os.replace(staging, path)

@@ -1,0 +1,105 @@
+"""Real faults: a site's worker pool SIGKILLed mid-round, a Redis server killed mid-run."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import psutil
+import pytest
+
+from proxyflox.results import read_rounds
+from tests.helpers import CLI, bare_env, only_run_dir, run_cli
+from tests.servers import redis_keys, redis_server
+
+pytestmark = pytest.mark.slow
+
+
+def start(args: list[str], cwd: Path) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, str(CLI), *args],
+        cwd=cwd, env=bare_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+
+
+def wait_for_line(process: subprocess.Popen[str], prefix: str) -> None:
+    assert process.stdout is not None
+    for line in process.stdout:
+        if line.startswith(prefix):
+            return
+    raise AssertionError(f"the run ended before printing {prefix!r}")
+
+
+def kill_worker_pool(run_dir: Path, label: str) -> None:
+    """SIGKILL the worker pool of one site executor (found by its log directory)."""
+    pools = [
+        p for p in psutil.process_iter(["cmdline"])
+        if "process_worker_pool" in " ".join(p.info["cmdline"] or [])
+        and f"{run_dir}/parsl/000/{label}" in " ".join(p.info["cmdline"] or [])
+    ]  # fmt: skip
+    assert pools, f"no worker pool of {label} running"
+    for pool in pools:
+        pool.kill()
+
+
+# Site 3 trains 60 epochs a round (about 2 s): long enough to be killed in the middle.
+SLOW_SITE_3 = ["--config", "local_htex.py", "--rounds", "4",
+               "--site_options.site-3.local_epochs", "60"]  # fmt: skip
+
+
+def test_a_killed_site_is_recorded_and_the_survivors_finish(tmp_path: Path) -> None:
+    process = start([*SLOW_SITE_3, "--min_clients", "3", "--runs_dir", str(tmp_path)], tmp_path)
+    wait_for_line(process, "round   1/4")
+    run_dir = only_run_dir(tmp_path)
+    kill_worker_pool(run_dir, "site-3")
+    _, stderr = process.communicate(timeout=300)
+    assert process.returncode == 0, stderr
+    rows = read_rounds(run_dir)
+    assert len(rows) == 4
+    assert [row["failed_site_ids"] for row in rows[1:]] == ["3", "3", "3"]
+    assert all(row["site_ids"] == "0 1 2" for row in rows[1:])
+    assert "site 3:" in rows[1]["failures"]
+
+
+def test_too_few_sites_stops_cleanly_and_resumes_later(tmp_path: Path) -> None:
+    process = start([*SLOW_SITE_3, "--min_clients", "4", "--runs_dir", str(tmp_path)], tmp_path)
+    wait_for_line(process, "round   1/4")
+    run_dir = only_run_dir(tmp_path)
+    kill_worker_pool(run_dir, "site-3")
+    _, stderr = process.communicate(timeout=300)
+    assert process.returncode == 3
+    assert "error: run stopped: round 2: 3 of 4 sites returned" in stderr
+    assert f"--resume {run_dir}" in stderr
+    assert "Traceback" not in stderr
+    assert (run_dir / "checkpoints" / "latest").read_text().strip() == "round-0001"
+
+    resumed = run_cli("--resume", str(run_dir), cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert [row["round"] for row in read_rounds(run_dir)] == ["1", "2", "3", "4"]
+    assert read_rounds(run_dir)[-1]["sites"] == "4"
+
+
+def test_a_lost_redis_stops_the_run_and_resume_works_once_it_is_back(tmp_path: Path) -> None:
+    slow = ["--local_epochs", "15", "--rounds", "5", "--store.backend", "redis"]
+    with redis_server() as port:
+        process = start([*slow, "--store.port", str(port), "--runs_dir", str(tmp_path)], tmp_path)
+        wait_for_line(process, "round   2/5")
+    # The server is gone now (the context stopped it).
+    _, stderr = process.communicate(timeout=300)
+    assert process.returncode == 3, stderr
+    assert "error: run stopped:" in stderr and f"127.0.0.1:{port}" in stderr
+    assert "Traceback" not in stderr
+    run_dir = only_run_dir(tmp_path)
+    latest = (run_dir / "checkpoints" / "latest").read_text().strip()
+    assert latest in ("round-0002", "round-0003")
+
+    down = run_cli("--resume", str(run_dir), cwd=tmp_path)
+    assert down.returncode == 2
+    assert f"redis at 127.0.0.1:{port} is unreachable" in down.stderr
+
+    with redis_server(port=port) as same_port:
+        resumed = run_cli("--resume", str(run_dir), cwd=tmp_path)
+        assert resumed.returncode == 0, resumed.stderr
+        assert redis_keys(same_port) == []
+    assert [row["round"] for row in read_rounds(run_dir)] == ["1", "2", "3", "4", "5"]

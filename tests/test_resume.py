@@ -1,0 +1,104 @@
+"""Checkpoints and --resume with real faults: the controller SIGKILLed mid-run, then resumed,
+ends bit for bit where an uninterrupted run ends."""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import psutil
+import pytest
+import torch
+
+from proxyflox.results import read_rounds
+from tests.helpers import CLI, bare_env, only_run_dir, run_cli
+
+
+def is_timing(column: str) -> bool:
+    """Columns that hold measured times (they differ between any two runs)."""
+    return column.endswith("_seconds") or column.endswith("_seconds_max")
+
+
+def comparable(run_dir: Path, name: str = "rounds.csv") -> list[dict[str, str]]:
+    with open(run_dir / name, newline="") as file:
+        rows = list(csv.DictReader(file))
+    drop = {"pid", "host"}
+    return [{k: v for k, v in row.items() if not is_timing(k) and k not in drop} for row in rows]
+
+
+def kill_after_round(args: list[str], cwd: Path, round_number: int) -> Path:
+    """Start a run, SIGKILL its whole process group once round N's line is printed."""
+    process = subprocess.Popen(
+        [sys.executable, str(CLI), *args],
+        cwd=cwd, env=bare_env(), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        start_new_session=True,
+    )  # fmt: skip
+    assert process.stdout is not None
+    run_dir = None
+    for line in process.stdout:
+        if line.startswith("run directory: "):
+            run_dir = Path(line.removeprefix("run directory: ").strip())
+        if line.startswith(f"round {round_number:>3}/"):
+            os.killpg(process.pid, signal.SIGKILL)
+            break
+    process.wait(timeout=60)
+    assert run_dir is not None and process.returncode == -signal.SIGKILL
+    # Worker pools started in other sessions die once they lose the interchange; don't wait.
+    for leftover in psutil.process_iter(["cmdline"]):
+        if str(run_dir) in " ".join(leftover.info["cmdline"] or []):
+            leftover.kill()
+    return cwd / run_dir if not run_dir.is_absolute() else run_dir
+
+
+@pytest.mark.parametrize(
+    "config", ["local.py", pytest.param("local_htex.py", marks=pytest.mark.slow)]
+)
+def test_killed_and_resumed_run_equals_an_uninterrupted_one(tmp_path: Path, config: str) -> None:
+    common = ["--config", config, "--rounds", "6", "--strategy.name", "fedadam",
+              "--partition", "dirichlet", "--alpha", "0.5"]  # fmt: skip
+    straight = run_cli(*common, "--runs_dir", str(tmp_path / "straight"), cwd=tmp_path)
+    assert straight.returncode == 0, straight.stderr
+    straight_dir = only_run_dir(tmp_path / "straight")
+
+    stopped_dir = kill_after_round([*common, "--runs_dir", str(tmp_path / "stopped")], tmp_path, 3)
+    assert (stopped_dir / "checkpoints" / "latest").read_text().strip() == "round-0003"
+    assert not (stopped_dir / "model.pt").exists()
+
+    resumed = run_cli("--resume", str(stopped_dir), cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resuming {stopped_dir} after round 3" in resumed.stdout
+    assert "round   4/6" in resumed.stdout and "round   1/6" not in resumed.stdout
+
+    a = torch.load(straight_dir / "model.pt")
+    b = torch.load(stopped_dir / "model.pt")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert comparable(stopped_dir) == comparable(straight_dir)
+    assert comparable(stopped_dir, "sites.csv") == comparable(straight_dir, "sites.csv")
+    assert [c.name for c in (stopped_dir / "checkpoints").iterdir() if c.is_dir()] == ["round-0006"]
+
+
+def test_rows_written_after_the_last_checkpoint_are_dropped_on_resume(tmp_path: Path) -> None:
+    done = run_cli("--rounds", "3", "--runs_dir", str(tmp_path / "runs"), cwd=tmp_path)
+    assert done.returncode == 0
+    run_dir = only_run_dir(tmp_path / "runs")
+    # As if the controller died after round 3's rows but before marking its checkpoint.
+    (run_dir / "checkpoints" / "latest").write_text("round-0002\n")
+    shutil.copytree(run_dir / "checkpoints" / "round-0003", run_dir / "checkpoints" / "round-0002")
+    with open(run_dir / "config.yaml") as file:
+        settings = file.read()
+    (run_dir / "config.yaml").write_text(settings.replace("rounds: 3", "rounds: 4"))
+    resumed = run_cli("--resume", str(run_dir), cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert [row["round"] for row in read_rounds(run_dir)] == ["1", "2", "3", "4"]
+
+
+def test_checkpoint_time_is_recorded(tmp_path: Path) -> None:
+    done = run_cli("--rounds", "2", "--runs_dir", str(tmp_path / "runs"), cwd=tmp_path)
+    assert done.returncode == 0
+    rows = read_rounds(only_run_dir(tmp_path / "runs"))
+    assert all(float(row["checkpoint_seconds"]) > 0 for row in rows)
