@@ -40,6 +40,14 @@ PHASES: dict[str, tuple[str, ...]] = {
 }
 #: What the phases do not account for in the controller's round time (scheduling, waiting).
 OTHER = "other"
+#: Legend text of each phase.
+PHASE_LABELS = {
+    "train": "train (slowest site)",
+    "transfer": "transfer (store reads and writes)",
+    "aggregate": "aggregate",
+    "evaluate": "evaluate (global test set)",
+    OTHER: "other (scheduling, waiting)",
+}
 PHASE_COLORS = {
     "train": "tab:blue",
     "transfer": "tab:orange",
@@ -125,6 +133,9 @@ def plot_comparison(run_dirs: Sequence[str | Path], out: str | Path) -> Path:
     _label(accuracy, "accuracy on the global test set", "accuracy")
     _label(loss, "loss on the global test set", "loss")
     accuracy.legend(fontsize="small")
+    longest = max((run.rounds for run in runs), key=len)
+    for axes in (accuracy, loss):
+        _integer_rounds(axes, longest)
     means = [
         {phase: sum(values) / len(values) for phase, values in run.phase_seconds().items()}
         for run in runs
@@ -148,9 +159,16 @@ def plot_comparison(run_dirs: Sequence[str | Path], out: str | Path) -> Path:
 def _accuracy_figure(run: Run) -> Figure:
     figure = Figure(figsize=(11, 4.2), layout="constrained")
     accuracy, loss = figure.subplots(1, 2)
-    accuracy.plot(run.rounds, run.series("accuracy"), marker="o", label="global test set")
-    loss.plot(run.rounds, run.series("loss"), marker="o", label="global test set")
-    loss.plot(run.rounds, run.series("train_loss"), linestyle="--", label="sites' training (mean)")
+    # Global numbers in black, so that the sites can take the colour cycle.
+    accuracy.plot(run.rounds, run.series("accuracy"), "o-", color="black", label="global test set")
+    loss.plot(run.rounds, run.series("loss"), "o-", color="black", label="global test set")
+    loss.plot(
+        run.rounds,
+        run.series("train_loss"),
+        "--",
+        color="dimgray",
+        label="sites' training (mean)",
+    )
     sites = sorted(
         {name.split("_")[0] for name in run.columns if name.endswith("_accuracy")},
         key=lambda site: int(site.removeprefix("site")),
@@ -163,25 +181,24 @@ def _accuracy_figure(run: Run) -> Figure:
     _label(loss, "loss", "cross-entropy loss")
     for axes in (accuracy, loss):
         axes.legend(fontsize="small", ncol=2 if sites else 1)
+        _integer_rounds(axes, run.rounds)
     figure.suptitle(run.name)
     return figure
 
 
 def _times_figure(run: Run) -> Figure:
-    figure = Figure(figsize=(9, 4.4), layout="constrained")
+    figure = Figure(figsize=(10, 4.4), layout="constrained")
     axes = figure.subplots()
     bottom = [0.0] * len(run.rounds)
     for phase, values in run.phase_seconds().items():
-        axes.bar(run.rounds, values, bottom=bottom, color=PHASE_COLORS[phase], label=phase)
+        axes.bar(
+            run.rounds, values, bottom=bottom, color=PHASE_COLORS[phase], label=PHASE_LABELS[phase]
+        )
         bottom = [b + v for b, v in zip(bottom, values, strict=True)]
     axes.set_xlabel("round")
     axes.set_ylabel("seconds")
-    axes.set_title(
-        f"{run.name}: time per round (train and site transfers: slowest site; "
-        f"{OTHER}: the rest of the controller's round time)",
-        fontsize="medium",
-    )
-    axes.legend(fontsize="small")
+    axes.set_title(f"{run.name}: time per round by phase")
+    axes.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1))
     axes.grid(axis="y", alpha=0.3)
     _integer_rounds(axes, run.rounds)
     return figure

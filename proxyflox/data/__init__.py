@@ -8,9 +8,9 @@ not partitioned at all.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 
-from proxyflox.config import DATASETS, ConfigError, unknown_choice
+from proxyflox.config import DATASETS, ConfigError, ExperimentConfig, SiteOptions, unknown_choice
 from proxyflox.data import cifar10, digits, fashion_mnist, mnist
 from proxyflox.data.base import ArrayDataset, DatasetInfo, DatasetSplits
 from proxyflox.data.folder import LocalData, load_folder
@@ -20,6 +20,7 @@ __all__ = [
     "DatasetInfo",
     "DatasetSplits",
     "LocalData",
+    "check_data_settings",
     "dataset_info",
     "load_dataset",
     "load_folder",
@@ -91,6 +92,41 @@ def load_dataset(
         num_classes=info.num_classes,
         classes=info.classes,
     )
+
+
+def check_data_settings(
+    config: ExperimentConfig, options: Mapping[str, SiteOptions], site_labels: Sequence[str]
+) -> None:
+    """What can be checked about the data before anything runs (the files themselves are only
+    seen where they are read).
+
+    Args:
+        config: The experiment.
+        options: Every executor's options, by label.
+        site_labels: The site executors' labels, in config order.
+
+    Raises:
+        ConfigError: a machine that reads a dataset from ``data_dir`` has none, or ``folder``
+            has more sites than site executors.
+    """
+    num_sites = config.sites or len(site_labels)
+    if config.dataset == "folder" and num_sites > len(site_labels):
+        # A site is a machine with its own data: two sites on one executor would read the
+        # same files and train on the same samples twice.
+        raise ConfigError(
+            f"sites: dataset folder needs one site executor per site, got sites={num_sites} "
+            f"and {len(site_labels)} site executor(s)"
+        )
+    if config.dataset not in (*_TORCHVISION, "folder") or config.data_dir is not None:
+        return
+    used = [*site_labels[:num_sites], config.aggregator]
+    missing = [label for label in used if options.get(label, SiteOptions()).data_dir is None]
+    if missing:
+        raise ConfigError(
+            f"data_dir: dataset {config.dataset} is read from data_dir, which is not set for "
+            f"executor(s) {', '.join(missing)}; set data_dir, or "
+            f"site_options.{missing[0]}.data_dir"
+        )
 
 
 def _folder_path(data_dir: str | None) -> str:

@@ -53,10 +53,6 @@ class DatasetSplits:
     def input_shape(self) -> tuple[int, ...]:
         return tuple(self.train.x.shape[1:])
 
-    @property
-    def info(self) -> DatasetInfo:
-        return DatasetInfo(self.input_shape, self.num_classes, self.classes)
-
 
 def images_to_array(images: np.ndarray, *, channels_last: bool = False) -> np.ndarray:
     """uint8 images (N, H, W), (N, C, H, W) or with ``channels_last`` (N, H, W, C) ->
@@ -102,10 +98,13 @@ def open_torchvision(
     constructor: Any = dataset_class
     try:
         return constructor(str(root), train=train, download=download)
-    except RuntimeError as err:
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    except (RuntimeError, OSError) as err:
+        # torchvision's first sentence says what is wrong; the rest is advice given below.
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0].split(". ")[0]
         if download:
             raise RuntimeError(f"dataset {name}: download into {root} failed: {reason}") from err
+        if isinstance(err, OSError):
+            raise  # e.g. unreadable files: not a missing dataset
         raise ConfigError(
             f"data_dir: no valid {name} data in {root} ({reason}); torchvision reads "
             f"{expected} there; copy the files in, or set download: true where the machine "
