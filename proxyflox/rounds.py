@@ -106,7 +106,7 @@ def run_rounds(
         }
         updates, late, failed = _collect(federation, trains, global_model, config.round_deadline)
         if len(updates) < config.min_clients:
-            failures = "; ".join(f"site {site}: {why}" for site, why in failed.items())
+            failures = _summarize(failed)
             raise RunStoppedError(
                 f"round {round_number}: {len(updates)} of {len(selected)} sites returned "
                 f"an update in time, fewer than min_clients={config.min_clients}"
@@ -180,6 +180,20 @@ def _collect(
     return updates, late, failed
 
 
+def _summarize(failed: dict[int, str]) -> str:
+    """``site 3: why; sites 0 1 2: why`` (sites failing for the same reason share one entry)."""
+    by_reason: dict[str, list[int]] = {}
+    for site, why in failed.items():
+        by_reason.setdefault(why, []).append(site)
+    parts = []
+    for why, sites in by_reason.items():
+        shown = " ".join(map(str, sites[:5])) + (
+            f" (+{len(sites) - 5} more)" if len(sites) > 5 else ""
+        )
+        parts.append(f"site{'s' if len(sites) > 1 else ''} {shown}: {why}")
+    return "; ".join(parts)
+
+
 def _reason(error: BaseException | None) -> str:
     """One line on why an app failed."""
     text = " ".join(str(error).split())
@@ -202,7 +216,7 @@ def _round_row(
         "site_ids": " ".join(str(u["site"]) for u in updates),
         "late_site_ids": " ".join(str(site) for site in late),
         "failed_site_ids": " ".join(str(site) for site in failed),
-        "failures": "; ".join(f"site {site}: {why}" for site, why in failed.items()),
+        "failures": _summarize(failed),
         "accuracy": metrics["accuracy"],
         "loss": metrics["loss"],
         "round_seconds": round_seconds,

@@ -26,7 +26,7 @@ from proxyflox.data import check_data_settings
 from proxyflox.inventory import INVENTORY_ENV
 from proxyflox.results import create_run_dir
 from proxyflox.rounds import RunStoppedError, run_federation
-from proxyflox.sites import load_deployment, site_executor_labels
+from proxyflox.sites import check_site_counts, load_deployment, site_executor_labels
 from proxyflox.stores import StoreUnreachableError, check_store
 
 DEFAULT_EXPERIMENT = Path(__file__).resolve().parent.parent / "experiments" / "digits_fedavg.yaml"
@@ -85,11 +85,9 @@ def main(argv: list[str] | None = None) -> int:
             os.environ[INVENTORY_ENV] = str(Path(args.inventory).resolve())
         deployment = load_deployment(args.config or (resume.parsl_config if resume else "local.py"))
         # Fails here, before a run directory exists.
-        check_data_settings(
-            experiment,
-            deployment.options_for(experiment),
-            site_executor_labels(deployment.parsl_config, experiment.aggregator),
-        )
+        site_labels = site_executor_labels(deployment.parsl_config, experiment.aggregator)
+        check_site_counts(experiment, site_labels)
+        check_data_settings(experiment, deployment.options_for(experiment), site_labels)
         if experiment.transfer == "proxy":
             check_store(experiment.store)
     except (ConfigError, StoreUnreachableError) as err:

@@ -8,6 +8,7 @@ not partitioned at all.
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable, Mapping, Sequence
 
 from proxyflox.config import DATASETS, ConfigError, ExperimentConfig, SiteOptions, unknown_choice
@@ -94,6 +95,18 @@ def load_dataset(
     )
 
 
+#: Training-set sizes of the built-in datasets (their official train splits).
+_TRAIN_SIZES = {"mnist": 60_000, "fashion_mnist": 60_000, "cifar10": 50_000}
+_DIGITS_SIZE = 1797
+
+
+def known_train_size(dataset: str, test_fraction: float) -> int | None:
+    """How many training samples a built-in dataset has (``None`` for ``folder``)."""
+    if dataset == "digits":  # split off here, as scikit-learn's train_test_split counts
+        return _DIGITS_SIZE - math.ceil(test_fraction * _DIGITS_SIZE)
+    return _TRAIN_SIZES.get(dataset)
+
+
 def check_data_settings(
     config: ExperimentConfig, options: Mapping[str, SiteOptions], site_labels: Sequence[str]
 ) -> None:
@@ -110,6 +123,12 @@ def check_data_settings(
             has more sites than site executors.
     """
     num_sites = config.sites or len(site_labels)
+    samples = known_train_size(config.dataset, config.test_fraction)
+    if samples is not None and num_sites > samples:
+        raise ConfigError(
+            f"sites: {num_sites} sites but {config.dataset} has only {samples} training samples; "
+            "every site needs at least one"
+        )
     if config.dataset == "folder" and num_sites > len(site_labels):
         # A site is a machine with its own data: two sites on one executor would read the
         # same files and train on the same samples twice.
