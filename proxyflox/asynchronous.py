@@ -75,9 +75,11 @@ class AsyncController:
         self.received = 0
         self.tasks_per_site: Counter[int] = Counter()
         self.state: Mapping[str, Any] | None = None
+        self.start = 0.0
 
     def run(self) -> None:
         initial = self.federation.init_model()
+        self.start = self.federation.seconds()  # like rounds.csv of synchronous runs: from here
         self.federation.hold(initial)
         self.globals[0] = initial
         for site in self.federation.sample(self.strategy, 0):
@@ -133,7 +135,7 @@ class AsyncController:
                 "executor": self.federation.placement[site],
                 "version_started": started_version,
                 "staleness": staleness,
-                "seconds": self.federation.seconds(),
+                "seconds": self.federation.seconds() - self.start,
             }
             | {key: update[key] for key in UPDATE_COLUMNS if key in update}
         )
@@ -165,7 +167,7 @@ class AsyncController:
             "site_ids": " ".join(str(u["site"]) for u in updates),
             "staleness": " ".join(map(str, staleness)),
             "updates_total": self.received,
-            "seconds": self.federation.seconds(),
+            "seconds": self.federation.seconds() - self.start,
             "aggregate_seconds": new_global["aggregate_seconds"],
             "aggregate_resolve_seconds": new_global["resolve_seconds"],
             "model_bytes": new_global["model_bytes"],

@@ -12,6 +12,7 @@ state, so plotting works on headless machines and inside a running workflow.
 from __future__ import annotations
 
 import argparse
+import itertools
 import math
 import sys
 from collections.abc import Sequence
@@ -70,6 +71,13 @@ class Run:
         """A column's values per round (NaN where missing, e.g. in older runs)."""
         return self.columns.get(column, [math.nan] * len(self.rounds))
 
+    def elapsed(self) -> list[float]:
+        """Seconds from the first round's start to the end of each round: the running sum of
+        ``round_seconds`` (synchronous runs), or ``seconds`` (asynchronous runs' clock)."""
+        if "seconds" in self.columns:
+            return self.series("seconds")
+        return list(itertools.accumulate(_zero_if_nan(v) for v in self.series("round_seconds")))
+
     def phase_seconds(self) -> dict[str, list[float]]:
         """Seconds per phase per round, with ``other`` = round time minus the phases."""
         phases: dict[str, list[float]] = {}
@@ -123,13 +131,22 @@ def plot_run(run_dir: str | Path) -> list[Path]:
 
 
 def plot_comparison(run_dirs: Sequence[str | Path], out: str | Path) -> Path:
-    """Several runs on one figure: accuracy and loss per round, mean time per round by phase."""
+    """Several runs on one figure: accuracy per round (global version for asynchronous runs)
+    and against wall time, loss per round, mean time per round by phase."""
     runs = [load_run(directory) for directory in run_dirs]
-    figure = Figure(figsize=(15, 4.6), layout="constrained")
-    accuracy, loss, times = figure.subplots(1, 3)
+    figure = Figure(figsize=(15, 8.4), layout="constrained")
+    (accuracy, by_time), (loss, times) = figure.subplots(2, 2)
     for run in runs:
         accuracy.plot(run.rounds, run.series("accuracy"), marker="o", markersize=3, label=run.name)
+        by_time.plot(
+            run.elapsed(), run.series("accuracy"), marker="o", markersize=3, label=run.name
+        )
         loss.plot(run.rounds, run.series("loss"), marker="o", markersize=3, label=run.name)
+    by_time.set_title("accuracy against wall time")
+    by_time.set_xlabel("seconds since the first round started")
+    by_time.set_ylabel("accuracy")
+    by_time.grid(alpha=0.3)
+    by_time.legend(fontsize="small")
     _label(accuracy, "accuracy on the global test set", "accuracy")
     _label(loss, "loss on the global test set", "loss")
     accuracy.legend(fontsize="small")

@@ -85,7 +85,7 @@ ASYNC_ROUND_COLUMNS = [
     "round",  # the global version this aggregation made
     "sites", "site_ids", "staleness",  # the updates aggregated and their staleness
     "updates_total",  # updates received so far
-    "seconds",  # controller clock since the run started
+    "seconds",  # controller clock since the initial model was ready
     "accuracy", "loss", "aggregate_seconds", "aggregate_resolve_seconds", "evaluate_seconds",
     "model_bytes",
 ]  # fmt: skip
