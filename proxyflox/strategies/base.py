@@ -13,7 +13,7 @@ explicit ``state`` it returns, which is stored and checkpointed with the global 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -137,3 +137,17 @@ def weighted_mean(updates: Iterable[Update], total_samples: int) -> Weights:
 def is_float(array: np.ndarray) -> bool:
     """Server optimizers move float arrays only; integer buffers follow the plain average."""
     return bool(np.issubdtype(array.dtype, np.floating))
+
+
+def step_floats(
+    current: Weights, integers_from: Weights, step: Callable[[str, np.ndarray], np.ndarray]
+) -> Weights:
+    """New weights: ``step(name, array as float64)`` for each float array of ``current`` (cast
+    back to its dtype); integer arrays (e.g. BatchNorm counters) are taken from
+    ``integers_from``."""
+    return {
+        name: step(name, array.astype(np.float64)).astype(array.dtype)
+        if is_float(array)
+        else integers_from[name]
+        for name, array in current.items()
+    }

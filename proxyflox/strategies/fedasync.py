@@ -13,10 +13,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import ClassVar
 
-import numpy as np
-
 from proxyflox.config import STALENESS_FUNCTIONS
-from proxyflox.strategies.base import ServerState, Strategy, Update, is_float
+from proxyflox.strategies.base import ServerState, Strategy, Update, step_floats
 from proxyflox.weights import Weights
 
 
@@ -51,15 +49,14 @@ class FedAsync(Strategy):
         total_samples: int,
         state: ServerState,
     ) -> tuple[Weights, ServerState]:
-        new = dict(global_weights)
+        new = global_weights
         for update in updates:
             mix = self.alpha * staleness_weight(
                 self.staleness, update.staleness, self.staleness_a, self.staleness_b
             )
-            for name, current in new.items():
-                if is_float(current):
-                    mixed = (1 - mix) * current.astype(np.float64) + mix * update.weights[name]
-                    new[name] = mixed.astype(current.dtype)
-                else:
-                    new[name] = update.weights[name]
+            new = step_floats(
+                new,
+                update.weights,
+                lambda name, current: (1 - mix) * current + mix * update.weights[name],  # noqa: B023
+            )
         return new, state

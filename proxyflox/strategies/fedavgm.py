@@ -12,7 +12,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from proxyflox.strategies.base import ServerState, Strategy, Update, is_float, weighted_mean
+from proxyflox.strategies.base import ServerState, Strategy, Update, step_floats, weighted_mean
 from proxyflox.weights import Weights
 
 
@@ -33,13 +33,9 @@ class FedAvgM(Strategy):
     ) -> tuple[Weights, ServerState]:
         mean = weighted_mean(updates, total_samples)
         velocity: Weights = dict(state.get("velocity", {}))
-        new: Weights = {}
-        for name, current in global_weights.items():
-            if not is_float(current):
-                new[name] = mean[name]
-                continue
-            change = current.astype(np.float64) - mean[name]
-            v = self.server_momentum * velocity.get(name, 0.0) + change
-            velocity[name] = v
-            new[name] = (current - self.server_lr * v).astype(current.dtype)
-        return new, {"velocity": velocity}
+
+        def step(name: str, current: np.ndarray) -> np.ndarray:
+            velocity[name] = self.server_momentum * velocity.get(name, 0.0) + (current - mean[name])
+            return current - self.server_lr * velocity[name]
+
+        return step_floats(global_weights, mean, step), {"velocity": velocity}

@@ -8,9 +8,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import ClassVar
 
-import numpy as np
-
-from proxyflox.strategies.base import ServerState, Strategy, Update, is_float, weighted_mean
+from proxyflox.strategies.base import ServerState, Strategy, Update, step_floats, weighted_mean
 from proxyflox.weights import Weights
 
 
@@ -32,11 +30,9 @@ class FedBuff(Strategy):
         state: ServerState,
     ) -> tuple[Weights, ServerState]:
         mean_delta = weighted_mean(updates, total_samples)
-        new: Weights = {}
-        for name, current in global_weights.items():
-            if is_float(current):
-                step = current.astype(np.float64) + self.server_lr * mean_delta[name]
-                new[name] = step.astype(current.dtype)
-            else:
-                new[name] = current
+        new = step_floats(
+            global_weights,
+            global_weights,
+            lambda name, current: current + self.server_lr * mean_delta[name],
+        )
         return new, state

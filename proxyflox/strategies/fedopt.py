@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from proxyflox.strategies.base import ServerState, Strategy, Update, is_float, weighted_mean
+from proxyflox.strategies.base import ServerState, Strategy, Update, step_floats, weighted_mean
 from proxyflox.weights import Weights
 
 
@@ -41,16 +41,12 @@ class FedOpt(Strategy):
         mean = weighted_mean(updates, total_samples)
         m_all: Weights = dict(state.get("m", {}))
         v_all: Weights = dict(state.get("v", {}))
-        new: Weights = {}
-        for name, current in global_weights.items():
-            if not is_float(current):
-                new[name] = mean[name]
-                continue
-            delta = mean[name].astype(np.float64) - current
+
+        def step(name: str, current: np.ndarray) -> np.ndarray:
+            delta = mean[name] - current
             m = self.beta1 * m_all.get(name, np.zeros_like(delta)) + (1 - self.beta1) * delta
             v = self.second_moment(v_all.get(name, np.zeros_like(delta)), delta)
             m_all[name], v_all[name] = m, v
-            new[name] = (current + self.server_lr * m / (np.sqrt(v) + self.tau)).astype(
-                current.dtype
-            )
-        return new, {"m": m_all, "v": v_all}
+            return current + self.server_lr * m / (np.sqrt(v) + self.tau)
+
+        return step_floats(global_weights, mean, step), {"m": m_all, "v": v_all}
