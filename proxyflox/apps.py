@@ -369,24 +369,13 @@ def evaluate_global(
 ) -> dict[str, Any]:
     """Aggregator: accuracy and loss of the global model on the global test set."""
     options = options or SiteOptions()
-    enter_site(options)
-    torch.set_num_threads(options.torch_threads or config.torch_threads)
     data_dir = options.data_dir or config.data_dir
     test = load_split(
         config.dataset, data_dir, TEST, config.seed, config.test_fraction, config.download
     )
-    weights, resolve_seconds = resolve_weights(global_model["weights"])
-    model = new_model(config, model_dataset(config, global_model, data_dir))
-    load_weights(model, weights)
-    del weights
-    start = time.perf_counter()
-    accuracy, loss = evaluate(model, test, device=options.device or "cpu")
-    return {
-        "accuracy": accuracy,
-        "loss": loss,
-        "evaluate_seconds": time.perf_counter() - start,
-        "resolve_seconds": resolve_seconds,
-    }
+    return _evaluate(
+        config, global_model, model_dataset(config, global_model, data_dir), test, options
+    )
 
 
 def evaluate_site(
@@ -404,10 +393,25 @@ def evaluate_site(
         "resolve_seconds"}``.
     """
     options = options or SiteOptions()
-    enter_site(options)
-    torch.set_num_threads(options.torch_threads or config.torch_threads)
     info = model_dataset(config, global_model, options.data_dir)
     data = site_data(config, site, num_sites, options.data_dir, split=TEST, info=info)
+    return {
+        "site": site,
+        "num_samples": len(data),
+        "class_counts": np.bincount(data.y, minlength=info.num_classes).tolist(),
+    } | _evaluate(config, global_model, info, data, options)
+
+
+def _evaluate(
+    config: ExperimentConfig,
+    global_model: Mapping[str, Any],
+    info: DatasetInfo,
+    data: ArrayDataset,
+    options: SiteOptions,
+) -> dict[str, Any]:
+    """Resolve the global model and measure it on ``data`` where this app runs."""
+    enter_site(options)
+    torch.set_num_threads(options.torch_threads or config.torch_threads)
     weights, resolve_seconds = resolve_weights(global_model["weights"])
     model = new_model(config, info)
     load_weights(model, weights)
@@ -415,11 +419,8 @@ def evaluate_site(
     start = time.perf_counter()
     accuracy, loss = evaluate(model, data, device=options.device or "cpu")
     return {
-        "site": site,
         "accuracy": accuracy,
         "loss": loss,
-        "num_samples": len(data),
-        "class_counts": np.bincount(data.y, minlength=info.num_classes).tolist(),
         "evaluate_seconds": time.perf_counter() - start,
         "resolve_seconds": resolve_seconds,
     }
