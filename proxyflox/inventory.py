@@ -177,8 +177,12 @@ def ssh_command(pi: Pi) -> list[str]:
 
 
 def ssh_prepend(pi: Pi) -> str:
-    """:func:`ssh_command` as one shell string (what ``WrappedLauncher(prepend=...)`` takes)."""
-    return shlex.join(ssh_command(pi))
+    """What ``WrappedLauncher(prepend=...)`` puts before the worker-pool command: a line on
+    stderr naming the Pi (so an ssh failure that Parsl reports says which Pi), then
+    :func:`ssh_command`."""
+    target = f"{pi.user}@{pi.host}" if pi.user else pi.host
+    note = shlex.quote(f"{pi.name}: starting the worker pool on {target} over ssh")
+    return f"echo {note} >&2; {shlex.join(ssh_command(pi))}"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -206,10 +210,14 @@ def _pi(where: str, name: str, defaults: Mapping[str, Any], value: Any) -> Pi:
     if name == "aggregator":
         raise ConfigError(f"{where}: {key}: 'aggregator' is the controller's own executor")
     merged = {**defaults, **value}
-    merged["site_options"] = {
-        **(defaults.get("site_options") or {}),
-        **(value.get("site_options") or {}),
-    }
+    # Site options merge key by key; every other setting of a Pi replaces the default's.
+    layers = []
+    for section, settings in (("defaults", defaults), (key, value)):
+        layer = settings.get("site_options") or {}
+        if not isinstance(layer, Mapping):
+            raise ConfigError(f"{where}: {section}.site_options: must be a mapping, got {layer!r}")
+        layers.append(layer)
+    merged["site_options"] = {**layers[0], **layers[1]}
 
     host = _string(where, f"{key}.host", merged.get("host"), required=True)
     python = _string(where, f"{key}.python", merged.get("python"), required=True)
@@ -218,7 +226,10 @@ def _pi(where: str, name: str, defaults: Mapping[str, Any], value: Any) -> Pi:
             f"{where}: {key}.python: must be an absolute path on the Pi (a non-login ssh shell "
             f"has no venv on PATH), got {python!r}"
         )
-    checking = _string(where, f"{key}.host_key_checking", merged.get("host_key_checking", "yes"))
+    checking_value = merged.get("host_key_checking", "yes")
+    if isinstance(checking_value, bool):  # YAML reads a bare yes/no as a boolean
+        checking_value = "yes" if checking_value else "no"
+    checking = _string(where, f"{key}.host_key_checking", checking_value)
     if checking not in HOST_KEY_CHECKING:
         raise ConfigError(
             f"{where}: {key}.host_key_checking: must be one of {', '.join(HOST_KEY_CHECKING)} "

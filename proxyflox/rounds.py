@@ -196,8 +196,10 @@ def _summarize(failed: dict[int, str]) -> str:
 
 def _reason(error: BaseException | None) -> str:
     """One line on why an app failed."""
-    text = " ".join(str(error).split())
-    return f"{type(error).__name__}: {text}"[:300]
+    text = f"{type(error).__name__}: {' '.join(str(error).split())}"
+    # Long reasons (a worker's captured stderr) keep their start and their end, where the
+    # actual cause (e.g. ssh's own message) usually is.
+    return text if len(text) <= 600 else f"{text[:250]} ... {text[-340:]}"
 
 
 def _round_row(

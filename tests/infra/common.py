@@ -12,6 +12,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterable
+from typing import Any
 
 import psutil
 import pytest
@@ -98,3 +99,27 @@ def processes_mentioning(text: str) -> list[str]:
         if text in cmdline:
             found.append(cmdline)
     return found
+
+
+def run_workflow(
+    command: list[str], *, timeout: float, **popen: Any
+) -> subprocess.CompletedProcess[str]:
+    """Run a command to its end; past ``timeout`` stop it with SIGTERM (the workflow then shuts
+    Parsl down, leaving no interchange or worker behind), SIGKILL only if that hangs too."""
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen
+    )
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.send_signal(signal.SIGTERM)
+        try:
+            stdout, stderr = process.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            stdout, stderr = process.communicate()
+        pytest.fail(
+            f"{' '.join(command)} did not finish in {timeout:.0f}s; stderr: {stderr[-3000:]}",
+            pytrace=False,
+        )
+    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)

@@ -27,10 +27,11 @@ import psutil
 from tests.infra.common import require, stop_pids, stop_process, wait_for
 
 #: RFC 2544: reserved for network device benchmarks; never routed on the internet.
-TEST_NETWORK = ipaddress.ip_network("198.18.0.0/15")
+TEST_NETWORK = ipaddress.IPv4Network("198.18.0.0/15")
 NAME_PREFIX = "proxyflox-"
 SSHD = "/usr/sbin/sshd"
-_NAME = re.compile(rf"^{NAME_PREFIX}(\d+)-\d+$")
+#: ``proxyflox-<pid of the test process>-<subnet index>-<host number>``
+_NAME = re.compile(rf"^{NAME_PREFIX}(\d+)-\d+-\d+$")
 
 
 def require_netns_tools() -> None:
@@ -101,7 +102,7 @@ class NetnsLab:
             raise ValueError("at most 64 hosts per lab")
         gateway = self._subnet.network_address + 4 * k + 1
         host = SshHost(
-            name=f"{NAME_PREFIX}{os.getpid()}-{k}",
+            name=f"{NAME_PREFIX}{os.getpid()}-{self._index}-{k}",
             address=str(gateway + 1),
             gateway=str(gateway),
             host_link=f"pf{self._index}h{k}",
@@ -208,16 +209,16 @@ def keygen(path: Path) -> None:
 def _free_subnet() -> tuple[int, ipaddress.IPv4Network]:
     """A /24 of 198.18.0.0/15 that no interface of this host uses yet."""
     used = {
-        ipaddress.ip_address(address.address.split("%")[0])
+        ipaddress.IPv4Address(address.address)
         for addresses in psutil.net_if_addrs().values()
         for address in addresses
         if address.family == socket.AF_INET
     }
-    candidates = list(enumerate(TEST_NETWORK.subnets(new_prefix=24)))
+    candidates = list(enumerate(ipaddress.IPv4Network(TEST_NETWORK).subnets(new_prefix=24)))
     random.shuffle(candidates)
     for index, subnet in candidates:
         if not any(address in subnet for address in used):
-            return index, subnet  # type: ignore[return-value]
+            return index, subnet
     raise RuntimeError(f"no free /24 left in {TEST_NETWORK}")
 
 
