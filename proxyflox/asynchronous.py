@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from proxyflox.config import ExperimentConfig
-from proxyflox.federation import Federation, RunStoppedError
+from proxyflox.federation import Federation, RunResult, RunStoppedError
 from proxyflox.results import ASYNC_ROUND_COLUMNS, UPDATE_COLUMNS, CsvLog
 from proxyflox.sites import Deployment
 from proxyflox.strategies import FedBuff, Strategy
@@ -33,10 +33,8 @@ def run_asynchronous(
     deployment: Deployment,
     run_dir: Path,
     progress: Callable[[str], None],
-) -> Any:
-    """Run an asynchronous strategy until its budget is spent; returns a ``RunResult``."""
-    from proxyflox.rounds import RunResult
-
+) -> RunResult:
+    """Run an asynchronous strategy until its budget is spent."""
     result = RunResult(run_dir)
     with Federation(
         config, deployment, run_dir, progress, lambda _: list(ASYNC_ROUND_COLUMNS)

@@ -16,6 +16,7 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -38,6 +39,18 @@ _SAMPLING_STREAM = 4
 #: How long the end of a run waits for apps still running (late sites) so it can evict what
 #: they put; what they put after that is left to the store directory's removal.
 LATE_APPS_GRACE_SECONDS = 120.0
+
+
+@dataclass
+class RunResult:
+    """What a finished run reports back (everything is also in the run directory)."""
+
+    run_dir: Path
+    rounds: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def final_accuracy(self) -> float:
+        return float(self.rounds[-1]["accuracy"])
 
 
 class RunStoppedError(RuntimeError):

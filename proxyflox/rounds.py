@@ -19,30 +19,18 @@ import concurrent.futures
 import time
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from proxyflox.asynchronous import run_asynchronous
 from proxyflox.checkpoints import ResumePoint, checkpoint_dir, mark_complete
 from proxyflox.config import ExperimentConfig
-from proxyflox.federation import Federation, RunStoppedError
+from proxyflox.federation import Federation, RunResult, RunStoppedError
 from proxyflox.results import round_columns
 from proxyflox.sites import Deployment
 from proxyflox.strategies import Strategy, build_strategy
 
 __all__ = ["RunResult", "RunStoppedError", "run_federation"]
-
-
-@dataclass
-class RunResult:
-    """What a finished run reports back (everything is also in the run directory)."""
-
-    run_dir: Path
-    rounds: list[dict[str, Any]] = field(default_factory=list)
-
-    @property
-    def final_accuracy(self) -> float:
-        return float(self.rounds[-1]["accuracy"])
 
 
 def run_federation(
@@ -70,8 +58,6 @@ def run_federation(
     """
     strategy = build_strategy(config.strategy)
     if strategy.asynchronous:
-        from proxyflox.asynchronous import run_asynchronous
-
         result = run_asynchronous(config, strategy, deployment, run_dir, progress)
     else:
         result = RunResult(run_dir)
