@@ -185,7 +185,7 @@ def _reason(error: BaseException | None) -> str:
     text = f"{type(error).__name__}: {' '.join(str(error).split())}"
     # Long reasons (a worker's captured stderr) keep their start and their end, where the
     # actual cause (e.g. ssh's own message) usually is.
-    return text if len(text) <= 600 else f"{text[:250]} ... {text[-340:]}"
+    return text if len(text) <= 2000 else f"{text[:800]} ... {text[-1100:]}"
 
 
 def _round_row(

@@ -118,23 +118,16 @@ def test_interrupting_a_run_shuts_parsl_down_and_leaves_no_worker(
 
 
 def test_a_failing_site_app_stops_the_run_cleanly(tmp_path: Path) -> None:
-    # Dirichlet(0.01) over 400 sites leaves some site empty: each site's app raises.
+    # Dirichlet(0.01) over 400 sites leaves sites empty: their apps raise, and with no site
+    # left the run stops (resumable, exit 3) naming the reason once for all such sites.
     done = run_cli(
-        "--config",
-        "local_htex.py",
-        "--rounds",
-        "2",
-        "--sites",
-        "400",
-        "--partition",
-        "dirichlet",
-        "--alpha",
-        "0.01",
-        "--runs_dir",
-        str(tmp_path / "runs"),
+        "--config", "local_htex.py", "--rounds", "2", "--sites", "400",
+        "--partition", "dirichlet", "--alpha", "0.01", "--runs_dir", str(tmp_path / "runs"),
         cwd=tmp_path,
-    )
-    assert done.returncode == 2
-    assert "without samples" in done.stderr
+    )  # fmt: skip
+    assert done.returncode == 3
+    assert "error: run stopped: round 1: 0 of 400 sites returned" in done.stderr
+    assert "without training samples" in done.stderr
+    assert len(done.stderr) < 2000  # sites failing for one reason share one entry
     assert "Traceback" not in done.stderr
     assert wait_until_gone(only_run_dir(tmp_path / "runs")) == []
