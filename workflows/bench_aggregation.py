@@ -1,0 +1,271 @@
+#!/usr/bin/env python3
+"""Peak memory and speed of the aggregate app for 10 and 100 updates of a ~45 MB model.
+
+    python workflows/bench_aggregation.py [--model resnet18] [--updates 10 100] [--reps 3]
+
+The updates (the model's weights, shifted by a different constant each) are put into a file
+store, as sites would. Each measurement then runs the project's ``aggregate_updates`` app body
+(FedAvg: resolve one update at a time into ``weighted_mean``, then put the new global model) in a
+fresh Python process, like a Parsl worker that has imported the project:
+
+- peak memory: the process's peak resident set size (``VmHWM``, reset through
+  ``/proc/self/clear_refs`` just before the app) minus its resident size at that moment, and, in
+  a separate run, the peak of ``tracemalloc`` (numpy reports its array memory to it);
+- time per update: the app's own ``aggregate_seconds`` (averaging, without fetching) and
+  ``resolve_seconds`` (fetching) divided by the number of updates, against a plain numpy add of
+  the same arrays (``np.add(total, update, out=total)`` over every array of the model), timed in
+  another fresh process: the memory-bandwidth bound of summing the bytes once.
+
+Runs are interleaved over the update counts and repeated; the figures are medians.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import pickle
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import tracemalloc
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from proxyflox.bench import DOCS, MODEL_SPECS, median, model_weights, print_machine, write_csv
+from proxyflox.config import StoreSettings
+from proxyflox.stores import open_store, put_weights
+from proxyflox.weights import Weights, weights_nbytes
+
+PEAK_TARGET = 3.0  # peak memory at most this many model sizes
+FLAT_TOLERANCE = 0.10  # "flat": peak with the most updates within 10% of the fewest
+
+
+def _status_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"/proc/self/status has no {field}")
+
+
+def child_aggregate(updates_file: Path, count: int, trace: bool) -> dict[str, Any]:
+    """In a fresh process: run the aggregate app body on the first ``count`` updates."""
+    from proxystore.store import get_or_create_store
+    from proxystore.store.utils import get_key
+
+    from proxyflox.apps import aggregate_updates
+    from proxyflox.config import StrategySettings
+    from proxyflox.strategies import build_strategy
+
+    with open(updates_file, "rb") as file:
+        saved = pickle.load(file)
+    results, store_config = saved["results"][:count], saved["store_config"]
+    strategy = build_strategy(StrategySettings(name="fedavg"))
+    global_model = {"weights": None, "dataset": None}  # FedAvg does not read the current model
+    gc.collect()
+    if trace:
+        tracemalloc.start()
+    baseline_kib = _status_kib("VmRSS")
+    Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM (the peak) to the current RSS
+    start = time.perf_counter()
+    result = aggregate_updates(strategy, global_model, *results, store_config=store_config)
+    app_seconds = time.perf_counter() - start
+    peak_kib = _status_kib("VmHWM")
+    traced_peak = tracemalloc.get_traced_memory()[1] if trace else 0
+    if trace:
+        tracemalloc.stop()
+    get_or_create_store(store_config).evict(get_key(result["weights"]))
+    return {
+        "updates": count,
+        "model_bytes": result["model_bytes"],
+        "baseline_rss_bytes": baseline_kib * 1024,
+        "peak_rss_above_baseline_bytes": (peak_kib - baseline_kib) * 1024,
+        "tracemalloc_peak_bytes": traced_peak,
+        "app_seconds": app_seconds,
+        "aggregate_seconds": result["aggregate_seconds"],
+        "resolve_seconds": result["resolve_seconds"],
+        "put_seconds": result["put_seconds"],
+    }
+
+
+def child_numpy_add(updates_file: Path, repeats: int) -> dict[str, Any]:
+    """In a fresh process: a plain numpy add of one update into a total, array by array."""
+    with open(updates_file.with_name("reference.pkl"), "rb") as file:
+        arrays: Weights = pickle.load(file)
+    total = {
+        name: np.array(a, dtype=np.float64 if a.dtype.kind in "iu" else a.dtype)
+        for name, a in arrays.items()
+    }
+    update = {name: total[name].copy() for name in total}
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for name in total:
+            np.add(total[name], update[name], out=total[name])
+        times.append(time.perf_counter() - start)
+    scale = []
+    for _ in range(repeats):  # weighted_mean also scales each update in place first
+        start = time.perf_counter()
+        for name in update:
+            np.multiply(update[name], 0.5, out=update[name])
+        scale.append(time.perf_counter() - start)
+    return {
+        "numpy_add_seconds": median(times),
+        "numpy_scale_seconds": median(scale),
+        "bytes": weights_nbytes(total),
+    }
+
+
+def run_child(updates_file: Path, *args: str) -> dict[str, Any]:
+    done = subprocess.run(
+        [sys.executable, __file__, "--child", str(updates_file), *args],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"child {args} failed:\n{done.stderr[-2000:]}")
+    return dict(json.loads(done.stdout.strip().splitlines()[-1]))
+
+
+def prepare(model: str, count: int, tmp: Path) -> tuple[Path, int, float]:
+    """Put ``count`` updates into a file store; return the file describing them, the model's
+    bytes and the median put time."""
+    store = open_store(StoreSettings(directory=str(tmp / "store")), tmp, "bench-aggregation")
+    reference = model_weights(model)
+    results, puts = [], []
+    for site in range(count):
+        update = {
+            name: (a + np.float32(1e-3 * site)).astype(a.dtype) if a.dtype.kind == "f" else a
+            for name, a in reference.items()
+        }
+        ref, seconds = put_weights(update, store.config())
+        puts.append(seconds)
+        results.append({"weights": ref, "num_samples": 100 + site, "site": site})
+        del update
+    path = tmp / "updates.pkl"
+    with open(path, "wb") as file:
+        pickle.dump({"results": results, "store_config": store.config()}, file)
+    with open(path.with_name("reference.pkl"), "wb") as file:
+        pickle.dump(reference, file)
+    store.close()
+    return path, weights_nbytes(reference), median(puts)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="resnet18", choices=list(MODEL_SPECS))
+    parser.add_argument("--updates", nargs="+", type=int, default=[10, 100])
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--out", type=Path, default=DOCS)
+    parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        path, what = Path(args.child[0]), args.child[1]
+        if what == "numpy":
+            print(json.dumps(child_numpy_add(path, 20)))
+        else:
+            print(json.dumps(child_aggregate(path, int(what), "trace" in args.child[2:])))
+        return 0
+
+    print_machine()
+    tmp = Path(tempfile.mkdtemp(prefix="proxyflox-bench-aggregation-"))
+    rows: list[dict[str, Any]] = []
+    try:
+        start = time.perf_counter()
+        updates_file, model_bytes, put_seconds = prepare(args.model, max(args.updates), tmp)
+        print(
+            f"put {max(args.updates)} updates of {args.model} ({model_bytes / 1e6:.1f} MB) "
+            f"into a file store in {time.perf_counter() - start:.0f} s "
+            f"(median put {put_seconds:.3f} s)",
+            flush=True,
+        )
+        for rep in range(args.reps):
+            for count in args.updates:
+                row = run_child(updates_file, str(count)) | {"rep": rep, "kind": "rss"}
+                rows.append(row)
+                print(
+                    f"rep {rep + 1} {count:>4} updates: peak +"
+                    f"{row['peak_rss_above_baseline_bytes'] / 1e6:.1f} MB, averaging "
+                    f"{row['aggregate_seconds']:.2f} s, fetching {row['resolve_seconds']:.2f} s",
+                    flush=True,
+                )
+            rows.append(run_child(updates_file, "numpy") | {"rep": rep, "kind": "numpy"})
+        for count in args.updates:
+            rows.append(run_child(updates_file, str(count), "trace") | {"kind": "tracemalloc"})
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    numpy_add = median([r["numpy_add_seconds"] for r in rows if r["kind"] == "numpy"])
+    numpy_scale = median([r["numpy_scale_seconds"] for r in rows if r["kind"] == "numpy"])
+    summary = []
+    for count in args.updates:
+        runs = [r for r in rows if r["kind"] == "rss" and r["updates"] == count]
+        traced = [r for r in rows if r["kind"] == "tracemalloc" and r["updates"] == count]
+        peak = median([r["peak_rss_above_baseline_bytes"] for r in runs])
+        per_update = median([r["aggregate_seconds"] / count for r in runs])
+        summary.append(
+            {
+                "model": args.model,
+                "model_mb": model_bytes / 1e6,
+                "updates": count,
+                "runs": len(runs),
+                "peak_rss_mb": peak / 1e6,
+                "peak_rss_model_sizes": peak / model_bytes,
+                "tracemalloc_peak_mb": median([r["tracemalloc_peak_bytes"] for r in traced]) / 1e6,
+                "tracemalloc_peak_model_sizes": median(
+                    [r["tracemalloc_peak_bytes"] for r in traced]
+                )
+                / model_bytes,
+                "averaging_seconds_per_update": per_update,
+                "fetch_seconds_per_update": median([r["resolve_seconds"] / count for r in runs]),
+                "put_seconds": median([r["put_seconds"] for r in runs]),
+                "app_seconds": median([r["app_seconds"] for r in runs]),
+                "numpy_add_seconds": numpy_add,
+                "numpy_scale_plus_add_seconds": numpy_add + numpy_scale,
+                "averaging_vs_numpy_add": per_update / numpy_add,
+                "numpy_add_gb_per_s": 3 * model_bytes / numpy_add / 1e9,
+            }
+        )
+
+    print(
+        f"\n{args.model}: {model_bytes / 1e6:.1f} MB of weights; numpy add of one update "
+        f"{numpy_add * 1e3:.1f} ms ({3 * model_bytes / numpy_add / 1e9:.1f} GB/s counting 2 "
+        f"reads + 1 write), scale in place + add {(numpy_add + numpy_scale) * 1e3:.1f} ms"
+    )
+    print(
+        f"{'updates':>8}{'peak RSS MB':>13}{'x model':>9}{'tracemalloc MB':>16}{'x model':>9}"
+        f"{'avg ms/update':>15}{'vs add':>8}{'fetch ms/update':>17}{'put s':>7}"
+    )
+    for e in summary:
+        print(
+            f"{e['updates']:>8}{e['peak_rss_mb']:>13.1f}{e['peak_rss_model_sizes']:>9.2f}"
+            f"{e['tracemalloc_peak_mb']:>16.1f}{e['tracemalloc_peak_model_sizes']:>9.2f}"
+            f"{e['averaging_seconds_per_update'] * 1e3:>15.1f}"
+            f"{e['averaging_vs_numpy_add']:>7.2f}x{e['fetch_seconds_per_update'] * 1e3:>17.1f}"
+            f"{e['put_seconds']:>7.3f}"
+        )
+    peaks = [e["peak_rss_model_sizes"] for e in summary]
+    print("\ntargets:")
+    print(
+        f"  peak memory <= {PEAK_TARGET:.0f}x model size: max {max(peaks):.2f}x: "
+        + ("met" if max(peaks) <= PEAK_TARGET else "MISSED")
+    )
+    growth = summary[-1]["peak_rss_mb"] / summary[0]["peak_rss_mb"] - 1
+    print(
+        f"  flat in the number of updates ({summary[0]['updates']} -> {summary[-1]['updates']}): "
+        f"{growth:+.1%} " + ("met" if abs(growth) <= FLAT_TOLERANCE else "MISSED")
+    )
+    args.out.mkdir(parents=True, exist_ok=True)
+    write_csv(args.out / "bench_aggregation.csv", summary)
+    write_csv(args.out / "bench_aggregation_runs.csv", rows)
+    print(f"\nwrote {args.out / 'bench_aggregation.csv'}, bench_aggregation_runs.csv")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
