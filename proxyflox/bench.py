@@ -419,6 +419,7 @@ class RoundRecord:
     evaluate: dict[str, Any] = field(default_factory=dict)
     loop_seconds: float = 0.0  # controller: from the previous round's end to this one's
     controller_rss: int = 0
+    controller_rss_anon: int = 0  # anonymous part of the RSS (heap), without mapped files
     controller_cpu_seconds: float = 0.0  # controller process CPU time during the round
     #: Last round with ``trim_heap``: RSS once the C heap returned its free pages (malloc_trim).
     controller_rss_after_trim: int = 0
@@ -553,10 +554,31 @@ def _fill(
     loop_seconds: float,
     cpu_seconds: float,
 ) -> None:
-    record.trains = federation.round_trains
-    record.aggregate = federation.round_aggregate
+    # Numbers only: a record must not keep the round's proxies and objects alive (the controller's
+    # memory is what some benchmarks measure).
+    record.trains = [_numbers(train) for train in federation.round_trains]
+    record.aggregate = _numbers(federation.round_aggregate)
     if federation.round_evaluation is not None:
-        record.evaluate = federation.round_evaluation.result()
+        record.evaluate = _numbers(federation.round_evaluation.result())
+    federation.round_trains, federation.round_aggregate = [], {}
+    federation.round_evaluation = None
     record.loop_seconds = loop_seconds
     record.controller_cpu_seconds = cpu_seconds
     record.controller_rss = int(controller.memory_info().rss)
+    record.controller_rss_anon = _rss_anon()
+
+
+def _numbers(result: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in result.items() if isinstance(v, (int, float, str)) and k != "weights"}
+
+
+def _rss_anon() -> int:
+    """This process's anonymous resident memory (heap, stacks; not mapped files such as shared
+    libraries), from ``/proc/self/status``; 0 where that does not exist."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0

@@ -183,7 +183,8 @@ class Federation:
             self.apps.aggregate(
                 strategy,
                 global_model,
-                *updates,
+                # Only what aggregation reads: Parsl ships less per site.
+                *({"weights": u["weights"], "num_samples": u["num_samples"]} for u in updates),
                 staleness=staleness or [],
                 state=state,
                 store_config=self.store_config,

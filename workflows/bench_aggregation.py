@@ -16,7 +16,10 @@ fresh Python process, like a Parsl worker that has imported the project:
   the same arrays (``np.add(total, update, out=total)`` over every array of the model), timed in
   another fresh process: the memory-bandwidth bound of summing the bytes once.
 
-Runs are interleaved over the update counts and repeated; the figures are medians.
+Runs are interleaved over the update counts and repeated; the figures are medians. A last
+fresh process shows where the peak and the time per update come from: the tracemalloc peak of
+resolving one update and of putting the new global model, and the time of each step of averaging
+one update (scale in place, add, free) on arrays fresh from a resolve.
 """
 
 from __future__ import annotations
@@ -89,6 +92,64 @@ def child_aggregate(updates_file: Path, count: int, trace: bool) -> dict[str, An
         "aggregate_seconds": result["aggregate_seconds"],
         "resolve_seconds": result["resolve_seconds"],
         "put_seconds": result["put_seconds"],
+    }
+
+
+def child_phases(updates_file: Path) -> dict[str, Any]:
+    """In a fresh process: where the peak comes from, and where an update's averaging time goes.
+
+    Memory (tracemalloc, above what was allocated just before): resolving one update, and
+    putting the new global model. Time, per update, on arrays fresh from a resolve (as
+    ``weighted_mean`` sees them): scaling in place, adding into the total, freeing the update.
+    """
+    from proxystore.serialize import serialize
+    from proxystore.store import get_or_create_store
+
+    from proxyflox.stores import resolve_weights
+
+    with open(updates_file, "rb") as file:
+        saved = pickle.load(file)
+    results, store_config = saved["results"], saved["store_config"]
+    total, _ = resolve_weights(results[0]["weights"])
+    total = {n: a.astype(np.float64) if a.dtype.kind in "iu" else a for n, a in total.items()}
+    tracemalloc.start()
+    tracemalloc.reset_peak()
+    before = tracemalloc.get_traced_memory()[0]
+    update, _ = resolve_weights(results[1]["weights"])
+    resolve_peak = tracemalloc.get_traced_memory()[1] - before
+    del update
+    tracemalloc.reset_peak()
+    before = tracemalloc.get_traced_memory()[0]
+    ref, _ = put_weights(total, store_config)
+    put_peak = tracemalloc.get_traced_memory()[1] - before
+    serialized = len(serialize(total))
+    tracemalloc.stop()
+    from proxyflox.stores import evict_weights
+
+    evict_weights(get_or_create_store(store_config), ref)
+    scale, add, free = [], [], []
+    for result in results[2:12]:
+        update, _ = resolve_weights(result["weights"])
+        update = {n: a.astype(np.float64) if a.dtype.kind in "iu" else a for n, a in update.items()}
+        start = time.perf_counter()
+        for array in update.values():
+            np.multiply(array, array.dtype.type(0.01), out=array)
+        scale.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        for name, array in update.items():
+            total[name] += array
+        add.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        del update, array
+        free.append(time.perf_counter() - start)
+    model_bytes = weights_nbytes(total)
+    return {
+        "resolve_peak_model_sizes": resolve_peak / model_bytes,
+        "put_peak_model_sizes": put_peak / model_bytes,
+        "serialized_model_sizes": serialized / model_bytes,
+        "fresh_scale_seconds": median(scale),
+        "fresh_add_seconds": median(add),
+        "free_seconds": median(free),
     }
 
 
@@ -168,6 +229,8 @@ def main(argv: list[str] | None = None) -> int:
         path, what = Path(args.child[0]), args.child[1]
         if what == "numpy":
             print(json.dumps(child_numpy_add(path, 20)))
+        elif what == "phases":
+            print(json.dumps(child_phases(path)))
         else:
             print(json.dumps(child_aggregate(path, int(what), "trace" in args.child[2:])))
         return 0
@@ -175,6 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     print_machine()
     tmp = Path(tempfile.mkdtemp(prefix="proxyflox-bench-aggregation-"))
     rows: list[dict[str, Any]] = []
+    phases: dict[str, Any] = {}
     try:
         start = time.perf_counter()
         updates_file, model_bytes, put_seconds = prepare(args.model, max(args.updates), tmp)
@@ -197,6 +261,8 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(run_child(updates_file, "numpy") | {"rep": rep, "kind": "numpy"})
         for count in args.updates:
             rows.append(run_child(updates_file, str(count), "trace") | {"kind": "tracemalloc"})
+        phases = run_child(updates_file, "phases") | {"kind": "phases"}
+        rows.append(phases)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -229,6 +295,11 @@ def main(argv: list[str] | None = None) -> int:
                 "numpy_scale_plus_add_seconds": numpy_add + numpy_scale,
                 "averaging_vs_numpy_add": per_update / numpy_add,
                 "numpy_add_gb_per_s": 3 * model_bytes / numpy_add / 1e9,
+                "resolve_peak_model_sizes": phases["resolve_peak_model_sizes"],
+                "put_peak_model_sizes": phases["put_peak_model_sizes"],
+                "fresh_scale_seconds": phases["fresh_scale_seconds"],
+                "fresh_add_seconds": phases["fresh_add_seconds"],
+                "free_seconds": phases["free_seconds"],
             }
         )
 
@@ -249,6 +320,18 @@ def main(argv: list[str] | None = None) -> int:
             f"{e['averaging_vs_numpy_add']:>7.2f}x{e['fetch_seconds_per_update'] * 1e3:>17.1f}"
             f"{e['put_seconds']:>7.3f}"
         )
+    print(
+        f"\nwhere the peak comes from (tracemalloc, in model sizes): resolving one update "
+        f"{phases['resolve_peak_model_sizes']:.2f}x (its serialized bytes and its arrays at once),"
+        f" putting the new global model {phases['put_peak_model_sizes']:.2f}x; on top of the "
+        "running total (1x)"
+    )
+    print(
+        f"where an update's averaging time goes (arrays fresh from a resolve): scale in place "
+        f"{phases['fresh_scale_seconds'] * 1e3:.1f} ms, add into the total "
+        f"{phases['fresh_add_seconds'] * 1e3:.1f} ms, free the update "
+        f"{phases['free_seconds'] * 1e3:.1f} ms"
+    )
     peaks = [e["peak_rss_model_sizes"] for e in summary]
     print("\ntargets:")
     print(

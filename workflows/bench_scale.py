@@ -9,7 +9,10 @@ MNIST's format (60,000 training images: 6 per site; 500 test images) with the sm
 every site computes its own share of the 10,000-way partition inside its train app. Each app
 body is wrapped to also report its whole duration, measured in its own process.
 
-Per round the controller records its resident set size (psutil) and its own CPU time, and its
+Per round the controller records its resident set size (psutil; also its anonymous part, the
+heap without mapped libraries) and its own CPU time. "Flat" means at most 5 MB of growth from
+round 2 to the last round; after the last round the controller also asks glibc to return free
+heap pages (``malloc_trim``) to tell freed-but-kept heap from memory still in use. Its
 overhead: the controller's whole iteration for the round (sampling, submitting, waiting,
 evicting, writing the CSV rows) minus the app time the round had to wait for, every part
 measured in its own process: the busiest site executor (local_htex.py has 4 site executors with
@@ -75,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
                     "sites": record.row["sites"],
                     "site_ids": record.row["site_ids"],
                     "controller_rss_mb": record.controller_rss / 1e6,
+                    "controller_rss_anon_mb": record.controller_rss_anon / 1e6,
                     "controller_cpu_seconds": record.controller_cpu_seconds,
                     "loop_seconds": record.loop_seconds,
                     "round_seconds": record.row["round_seconds"],
@@ -104,6 +108,8 @@ def main(argv: list[str] | None = None) -> int:
         "controller_rss_mb_last": steady[-1]["controller_rss_mb"],
         "controller_rss_growth_mb_after_round2": growth,
         "controller_rss_slope_mb_per_round": slope,
+        "controller_rss_anon_mb_round2": steady[0]["controller_rss_anon_mb"],
+        "controller_rss_anon_mb_last": steady[-1]["controller_rss_anon_mb"],
         "controller_rss_mb_last_after_malloc_trim": records[-1].controller_rss_after_trim / 1e6,
         "overhead_seconds_median": overhead,
         "overhead_seconds_max": worst,
@@ -119,11 +125,13 @@ def main(argv: list[str] | None = None) -> int:
         f"({sites_rows} rows in sites.csv)"
     )
     print(
-        f"{'round':>6}{'RSS MB':>9}{'CPU s':>8}{'iteration s':>13}{'apps s':>9}{'overhead s':>12}"
+        f"{'round':>6}{'RSS MB':>9}{'anon MB':>9}{'CPU s':>8}{'iteration s':>13}{'apps s':>9}"
+        f"{'overhead s':>12}"
     )
     for r in rows:
         print(
-            f"{r['round']:>6}{r['controller_rss_mb']:>9.1f}{r['controller_cpu_seconds']:>8.3f}"
+            f"{r['round']:>6}{r['controller_rss_mb']:>9.1f}{r['controller_rss_anon_mb']:>9.1f}"
+            f"{r['controller_cpu_seconds']:>8.3f}"
             f"{r['loop_seconds']:>13.3f}{r['critical_path_seconds']:>9.3f}"
             f"{r['overhead_seconds']:>12.3f}"
         )
@@ -160,8 +168,11 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
     rounds = [r["round"] for r in rows]
-    left.plot(rounds, [r["controller_rss_mb"] for r in rows], marker="o")
-    left.set(xlabel="round", ylabel="controller RSS (MB)", title="controller memory")
+    left.plot(rounds, [r["controller_rss_mb"] for r in rows], marker="o", label="RSS")
+    left.plot(rounds, [r["controller_rss_anon_mb"] for r in rows], marker="s",
+              label="anonymous RSS (heap)")  # fmt: skip
+    left.set(xlabel="round", ylabel="MB", title="controller memory")
+    left.legend()
     left.set_ylim(bottom=0)
     right.plot(
         rounds[1:],

@@ -132,7 +132,7 @@ def evict(mode: Mode, *results: dict[str, Any]) -> None:
         evict_weights(mode.store, result["weights"])
 
 
-def task_bytes(apps: Apps, mode: Mode, label: str, round_args: dict[str, Any]) -> dict[str, int]:
+def task_bytes(apps: Apps, mode: Mode, round_args: dict[str, Any]) -> dict[str, int]:
     """Bytes Parsl serializes for one train and one aggregate task and their results."""
     train_args, aggregate_args, aggregate_kwargs = (
         round_args["train_args"],
@@ -252,7 +252,6 @@ def run_block(
             counts = task_bytes(
                 apps,
                 mode,
-                labels[0],
                 {
                     "train_args": train_args[0],
                     "update": updates[0],
@@ -466,12 +465,18 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--out", type=Path, default=DOCS, help="where CSV and PNG go")
     parser.add_argument("--config", default="local_htex.py", help="Parsl config")
+    parser.add_argument(
+        "--no-parsl-log",
+        action="store_true",
+        help="load Parsl without its DEBUG log file (Config.initialize_logging=False)",
+    )
     args = parser.parse_args(argv)
 
     print_machine()
     tmp = Path(tempfile.mkdtemp(prefix="proxyflox-bench-transfer-"))
     deployment = load_deployment(args.config)
     deployment.parsl_config.run_dir = str(tmp / "parsl")
+    deployment.parsl_config.initialize_logging = not args.no_parsl_log
     aggregator = "aggregator"
     labels = site_executor_labels(deployment.parsl_config, aggregator)
     rows: list[dict[str, Any]] = []
