@@ -53,6 +53,11 @@ class RunResult:
         return float(self.rounds[-1]["accuracy"])
 
 
+def aggregation_input(update: Mapping[str, Any]) -> dict[str, Any]:
+    """The part of a train result the aggregate app reads: Parsl ships only this per site."""
+    return {"weights": update["weights"], "num_samples": update["num_samples"]}
+
+
 class RunStoppedError(RuntimeError):
     """The run cannot go on (e.g. fewer than ``min_clients`` sites returned)."""
 
@@ -183,8 +188,7 @@ class Federation:
             self.apps.aggregate(
                 strategy,
                 global_model,
-                # Only what aggregation reads: Parsl ships less per site.
-                *({"weights": u["weights"], "num_samples": u["num_samples"]} for u in updates),
+                *map(aggregation_input, updates),
                 staleness=staleness or [],
                 state=state,
                 store_config=self.store_config,

@@ -53,6 +53,7 @@ from proxyflox.bench import (
     write_csv,
 )
 from proxyflox.config import ExperimentConfig, SiteOptions, StoreSettings, merge_site_options
+from proxyflox.federation import aggregation_input
 from proxyflox.sites import load_deployment, site_executor_labels
 from proxyflox.stores import BACKENDS, evict_weights, open_store
 from proxyflox.strategies import build_strategy
@@ -240,7 +241,8 @@ def run_block(
         start = time.perf_counter()
         futures = [apps.train[label](*args) for label, args in zip(labels, train_args, strict=True)]
         updates = [future.result() for future in futures]
-        aggregate = apps.aggregate(strategy, global_model, *updates, **aggregate_kwargs)
+        inputs = [aggregation_input(update) for update in updates]
+        aggregate = apps.aggregate(strategy, global_model, *inputs, **aggregate_kwargs)
         new_global = aggregate.result()
         round_seconds = time.perf_counter() - start
 
@@ -256,7 +258,7 @@ def run_block(
                     "train_args": train_args[0],
                     "update": updates[0],
                     "new_global": new_global,
-                    "aggregate_args": (strategy, global_model, *updates),
+                    "aggregate_args": (strategy, global_model, *inputs),
                     "aggregate_kwargs": aggregate_kwargs,
                 },
             )
