@@ -439,14 +439,25 @@ class FederationApps:
     evaluate_site: Mapping[str, Callable[..., Any]]
 
 
-def bind_apps(site_labels: list[str], aggregator_label: str) -> FederationApps:
-    """Wrap the app bodies with ``python_app`` for the given executor labels."""
+def bind_apps(
+    site_labels: list[str],
+    aggregator_label: str,
+    *,
+    train: Callable[..., Any] = train_site,
+    aggregate: Callable[..., Any] = aggregate_updates,
+    evaluate: Callable[..., Any] = evaluate_global,
+) -> FederationApps:
+    """Wrap the app bodies with ``python_app`` for the given executor labels.
+
+    ``train``, ``aggregate`` and ``evaluate`` replace a body with one of the same signature
+    (e.g. the benchmarks' timed wrappers).
+    """
     on_aggregator = [aggregator_label]
     return FederationApps(
         init=python_app(init_global_model, executors=on_aggregator),
-        train={label: python_app(train_site, executors=[label]) for label in site_labels},
-        aggregate=python_app(aggregate_updates, executors=on_aggregator),
-        evaluate=python_app(evaluate_global, executors=on_aggregator),
+        train={label: python_app(train, executors=[label]) for label in site_labels},
+        aggregate=python_app(aggregate, executors=on_aggregator),
+        evaluate=python_app(evaluate, executors=on_aggregator),
         evaluate_site={
             label: python_app(evaluate_site, executors=[label]) for label in site_labels
         },

@@ -36,9 +36,8 @@ from parsl import python_app
 from proxyflox.apps import (
     FederationApps,
     aggregate_updates,
+    bind_apps,
     evaluate_global,
-    evaluate_site,
-    init_global_model,
     train_site,
 )
 from proxyflox.config import ExperimentConfig, SiteOptions
@@ -397,15 +396,12 @@ def timed_evaluate_global(*args: Any, **kwargs: Any) -> dict[str, Any]:
 
 def bind_timed_apps(site_labels: list[str], aggregator_label: str) -> FederationApps:
     """Like ``bind_apps``, with the timed train, aggregate and evaluate bodies."""
-    on_aggregator = [aggregator_label]
-    return FederationApps(
-        init=python_app(init_global_model, executors=on_aggregator),
-        train={label: python_app(timed_train_site, executors=[label]) for label in site_labels},
-        aggregate=python_app(timed_aggregate_updates, executors=on_aggregator),
-        evaluate=python_app(timed_evaluate_global, executors=on_aggregator),
-        evaluate_site={
-            label: python_app(evaluate_site, executors=[label]) for label in site_labels
-        },
+    return bind_apps(
+        site_labels,
+        aggregator_label,
+        train=timed_train_site,
+        aggregate=timed_aggregate_updates,
+        evaluate=timed_evaluate_global,
     )
 
 
