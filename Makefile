@@ -4,13 +4,17 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint venv clean
+.PHONY: run test test-servers lint venv clean
 
 run: $(STAMP)
 	$(PY) workflows/fedavg.py $(ARGS)
 
-test: $(STAMP)
+# The tests start real servers; the first `make test` installs them (scripts/test-servers.sh).
+test: test-servers $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-servers:
+	@scripts/test-servers.sh
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
