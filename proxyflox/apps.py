@@ -21,7 +21,6 @@ from parsl import python_app
 from proxystore.store.config import StoreConfig
 
 from proxyflox.checkpoints import read_checkpoint, write_checkpoint
-from proxyflox.config import ConfigError, ExperimentConfig, SiteOptions
 from proxyflox.data import (
     TEST,
     TRAIN,
@@ -32,7 +31,9 @@ from proxyflox.data import (
     load_split,
 )
 from proxyflox.data.partition import partition
+from proxyflox.errors import ConfigError
 from proxyflox.models import build_model
+from proxyflox.settings import ExperimentConfig, SiteOptions
 from proxyflox.stores import enter_site, put_weights, resolve_weights
 from proxyflox.strategies import Strategy, Update
 from proxyflox.training import derive_seed, evaluate, train_local

@@ -20,9 +20,9 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
-from proxyflox.config import ExperimentConfig
 from proxyflox.federation import Federation, RunResult, RunStoppedError
 from proxyflox.results import ASYNC_ROUND_COLUMNS, UPDATE_COLUMNS, CsvLog
+from proxyflox.settings import ExperimentConfig
 from proxyflox.sites import Deployment
 from proxyflox.strategies import FedBuff, Strategy
 

@@ -40,11 +40,11 @@ from proxyflox.apps import (
     evaluate_global,
     train_site,
 )
-from proxyflox.config import ExperimentConfig, SiteOptions
 from proxyflox.data import DatasetInfo
 from proxyflox.federation import Federation
 from proxyflox.results import round_columns
 from proxyflox.rounds import run_rounds
+from proxyflox.settings import ExperimentConfig, SiteOptions
 from proxyflox.sites import Deployment
 from proxyflox.stores import enter_site, put_weights, resolve_weights
 from proxyflox.strategies import build_strategy

@@ -22,7 +22,8 @@ from typing import Any
 import numpy as np
 import yaml
 
-from proxyflox.config import ConfigError, ExperimentConfig, experiment_from_dict
+from proxyflox.errors import ConfigError
+from proxyflox.settings import ExperimentConfig, experiment_from_dict
 from proxyflox.weights import Weights
 
 CHECKPOINTS = "checkpoints"

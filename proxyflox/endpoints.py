@@ -26,7 +26,7 @@ from pathlib import Path
 import yaml
 from proxystore.endpoint.config import read_config
 
-from proxyflox.config import ConfigError
+from proxyflox.errors import ConfigError
 from proxyflox.sites import load_deployment
 from proxyflox.stores.endpoint import read_endpoints_file, relay_host_port
 

@@ -27,9 +27,10 @@ from parsl.dataflow.dflow import DataFlowKernel
 from proxystore.store.base import Store
 
 from proxyflox.apps import bind_apps
-from proxyflox.config import ConfigError, ExperimentConfig, SiteOptions, merge_site_options
 from proxyflox.data import check_data_settings
+from proxyflox.errors import ConfigError, RunStoppedError
 from proxyflox.results import PARTITION_FILE, SITE_COLUMNS, CsvLog, write_partition
+from proxyflox.settings import ExperimentConfig, SiteOptions, merge_site_options
 from proxyflox.sites import Deployment, assign_sites, site_executor_labels
 from proxyflox.stores import BACKENDS, evict_weights, open_store
 from proxyflox.strategies import Strategy
@@ -56,10 +57,6 @@ class RunResult:
 def aggregation_input(update: Mapping[str, Any]) -> dict[str, Any]:
     """The part of a train result the aggregate app reads: Parsl ships only this per site."""
     return {"weights": update["weights"], "num_samples": update["num_samples"]}
-
-
-class RunStoppedError(RuntimeError):
-    """The run cannot go on (e.g. fewer than ``min_clients`` sites returned)."""
 
 
 class Federation:

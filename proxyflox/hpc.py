@@ -30,7 +30,8 @@ from typing import Any, TypeVar
 import yaml
 from parsl.addresses import address_by_hostname, address_by_interface
 
-from proxyflox.config import DEVICES, ConfigError, did_you_mean
+from proxyflox.errors import ConfigError, did_you_mean
+from proxyflox.settings import DEVICES
 
 MODES = ("pilot", "allocation")
 S = TypeVar("S")

@@ -12,7 +12,7 @@
       pi-1: {host: 192.168.1.21, site_options: {batch_size: 1}}
       pi-2: {host: 192.168.1.22}
 
-Every mistake raises :class:`~proxyflox.config.ConfigError` with one line naming the file and key.
+Every mistake raises :class:`~proxyflox.settings.ConfigError` with one line naming the file and key.
 """
 
 from __future__ import annotations
@@ -27,7 +27,8 @@ from typing import Any
 
 import yaml
 
-from proxyflox.config import ConfigError, SiteOptions, did_you_mean, site_options_from
+from proxyflox.errors import ConfigError, did_you_mean
+from proxyflox.settings import SiteOptions, site_options_from
 
 #: Environment variable holding the inventory's path.
 INVENTORY_ENV = "PROXYFLOX_PIS"

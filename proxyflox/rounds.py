@@ -24,9 +24,9 @@ from typing import Any
 
 from proxyflox.asynchronous import run_asynchronous
 from proxyflox.checkpoints import ResumePoint, checkpoint_dir, mark_complete
-from proxyflox.config import ExperimentConfig
 from proxyflox.federation import Federation, RunResult, RunStoppedError
 from proxyflox.results import round_columns
+from proxyflox.settings import ExperimentConfig
 from proxyflox.sites import Deployment
 from proxyflox.strategies import Strategy, build_strategy
 

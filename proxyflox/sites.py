@@ -15,14 +15,8 @@ from pathlib import Path
 
 from parsl.config import Config
 
-from proxyflox.config import (
-    ConfigError,
-    ExperimentConfig,
-    SiteOptions,
-    did_you_mean,
-    merge_site_options,
-    site_options_from,
-)
+from proxyflox.errors import ConfigError, did_you_mean
+from proxyflox.settings import ExperimentConfig, SiteOptions, merge_site_options, site_options_from
 
 #: Where ``--config NAME`` looks when NAME is not a path.
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "parsl_configs"

@@ -10,7 +10,7 @@ import pytest
 from proxystore.proxy import Proxy, is_resolved
 
 from proxyflox.apps import aggregate_updates, evaluate_global, init_global_model, train_site
-from proxyflox.config import load_experiment
+from proxyflox.settings import load_experiment
 from proxyflox.stores import open_store, put_weights, resolve_weights
 from proxyflox.strategies import FedAvg
 from tests.helpers import DEFAULT_EXPERIMENT

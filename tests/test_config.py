@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from proxyflox.config import ConfigError, ExperimentConfig, load_experiment, to_yaml
+from proxyflox.errors import ConfigError
+from proxyflox.settings import ExperimentConfig, load_experiment, to_yaml
 from tests.helpers import DEFAULT_EXPERIMENT, run_cli
 
 

@@ -12,10 +12,11 @@ import pytest
 from torchvision.datasets import CIFAR10
 
 from proxyflox.apps import site_data
-from proxyflox.config import ConfigError, load_experiment
 from proxyflox.data import cifar10, dataset_info, load_folder, load_split
+from proxyflox.errors import ConfigError
 from proxyflox.results import read_partition, read_rounds
 from proxyflox.rounds import RunResult
+from proxyflox.settings import load_experiment
 from tests.helpers import DEFAULT_EXPERIMENT, run_cli
 from tests.tiny_datasets import (
     cifar10_with_checksums_of,

@@ -9,9 +9,9 @@ from pathlib import Path
 import torch
 
 from proxyflox.apps import new_model, shuffle_seed, site_data
-from proxyflox.config import load_experiment
 from proxyflox.results import round_columns
 from proxyflox.rounds import RunResult
+from proxyflox.settings import load_experiment
 from proxyflox.training import train_local
 from proxyflox.weights import weights_of
 from tests.helpers import DEFAULT_EXPERIMENT

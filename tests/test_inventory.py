@@ -11,8 +11,9 @@ from parsl.executors import HighThroughputExecutor
 from parsl.launchers import WrappedLauncher
 from parsl.providers import LocalProvider
 
-from proxyflox.config import ConfigError, SiteOptions
+from proxyflox.errors import ConfigError
 from proxyflox.inventory import INVENTORY_ENV, load_inventory, ssh_command
+from proxyflox.settings import SiteOptions
 from proxyflox.sites import load_deployment
 from tests.helpers import ROOT, run_cli
 

@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from proxyflox.apps import new_model
-from proxyflox.config import ConfigError, load_experiment
+from proxyflox.errors import ConfigError
 from proxyflox.models import DepthCNN, MobileNetLike, SmallCNN, build_model
+from proxyflox.settings import load_experiment
 from proxyflox.weights import weights_nbytes, weights_of
 from tests.helpers import DEFAULT_EXPERIMENT
 

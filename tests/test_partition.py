@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from proxyflox.config import ConfigError
 from proxyflox.data import load_dataset
 from proxyflox.data.partition import partition
+from proxyflox.errors import ConfigError
 
 LABELS = load_dataset("digits", None, 0, 0.2).train.y
 

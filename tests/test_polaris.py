@@ -16,8 +16,9 @@ from parsl.executors import HighThroughputExecutor
 from parsl.launchers import MpiExecLauncher, WrappedLauncher
 from parsl.providers import LocalProvider, PBSProProvider
 
-from proxyflox.config import ConfigError, SiteOptions
+from proxyflox.errors import ConfigError
 from proxyflox.hpc import PbsSettings, SlurmSettings, load_settings
+from proxyflox.settings import SiteOptions
 from proxyflox.sites import Deployment, load_deployment
 
 POLARIS_ENV = {

@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from proxyflox.apps import init_global_model, train_site
-from proxyflox.config import load_experiment
 from proxyflox.rounds import RunResult, RunStoppedError
+from proxyflox.settings import load_experiment
 from tests.helpers import DEFAULT_EXPERIMENT
 
 Runner = Callable[..., RunResult]

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from proxyflox.config import ConfigError, SiteOptions, load_experiment
+from proxyflox.errors import ConfigError
 from proxyflox.rounds import RunResult
+from proxyflox.settings import SiteOptions, load_experiment
 from proxyflox.sites import load_deployment
 from tests.helpers import DEFAULT_EXPERIMENT, run_cli
 

@@ -8,7 +8,8 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
-from proxyflox.config import ConfigError, StrategySettings, load_experiment
+from proxyflox.errors import ConfigError
+from proxyflox.settings import StrategySettings, load_experiment
 from proxyflox.strategies import (
     FedAdagrad,
     FedAdam,

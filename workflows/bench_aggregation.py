@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 
 from proxyflox.bench import DOCS, MODEL_SPECS, median, model_weights, print_machine, write_csv
-from proxyflox.config import StoreSettings
+from proxyflox.settings import StoreSettings
 from proxyflox.stores import open_store, put_weights
 from proxyflox.weights import Weights, weights_nbytes
 
@@ -61,7 +61,7 @@ def child_aggregate(updates_file: Path, count: int, trace: bool) -> dict[str, An
     from proxystore.store.utils import get_key
 
     from proxyflox.apps import aggregate_updates
-    from proxyflox.config import StrategySettings
+    from proxyflox.settings import StrategySettings
     from proxyflox.strategies import build_strategy
 
     with open(updates_file, "rb") as file:

@@ -46,8 +46,8 @@ from proxyflox.bench import (
     write_csv,
     write_mnist_like,
 )
-from proxyflox.config import ExperimentConfig, load_experiment
 from proxyflox.data import TEST, load_split
+from proxyflox.settings import ExperimentConfig, load_experiment
 from proxyflox.sites import load_deployment
 from proxyflox.strategies import Update, weighted_mean
 from proxyflox.training import evaluate, train_local

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from proxyflox.bench import DOCS, median, print_machine, run_timed, write_csv, write_mnist_like
-from proxyflox.config import ExperimentConfig, StoreSettings
+from proxyflox.settings import ExperimentConfig, StoreSettings
 from proxyflox.sites import load_deployment
 
 OVERHEAD_TARGET = 1.0  # seconds per round

@@ -52,8 +52,8 @@ from proxyflox.bench import (
     synthetic_init,
     write_csv,
 )
-from proxyflox.config import ExperimentConfig, SiteOptions, StoreSettings, merge_site_options
 from proxyflox.federation import aggregation_input
+from proxyflox.settings import ExperimentConfig, SiteOptions, StoreSettings, merge_site_options
 from proxyflox.sites import load_deployment, site_executor_labels
 from proxyflox.stores import BACKENDS, evict_weights, open_store
 from proxyflox.strategies import build_strategy

@@ -15,17 +15,12 @@ from pathlib import Path
 from types import FrameType
 
 from proxyflox.checkpoints import ResumePoint, find_resume_point, truncate_round_logs
-from proxyflox.config import (
-    ConfigError,
-    add_override_options,
-    load_experiment,
-    overrides_from_args,
-    to_yaml,
-)
 from proxyflox.data import check_data_settings
+from proxyflox.errors import ConfigError
 from proxyflox.inventory import INVENTORY_ENV
 from proxyflox.results import create_run_dir
 from proxyflox.rounds import RunStoppedError, run_federation
+from proxyflox.settings import add_override_options, load_experiment, overrides_from_args, to_yaml
 from proxyflox.sites import check_site_counts, load_deployment, site_executor_labels
 from proxyflox.stores import StoreUnreachableError, check_store
 

@@ -11,10 +11,11 @@ import functools
 import math
 from collections.abc import Callable, Mapping, Sequence
 
-from proxyflox.config import DATASETS, ConfigError, ExperimentConfig, SiteOptions, unknown_choice
 from proxyflox.data import cifar10, digits, fashion_mnist, mnist
 from proxyflox.data.base import ArrayDataset, DatasetInfo, DatasetSplits
 from proxyflox.data.folder import LocalData, load_folder
+from proxyflox.errors import ConfigError, unknown_choice
+from proxyflox.settings import DATASETS, ExperimentConfig, SiteOptions
 
 __all__ = [
     "ArrayDataset",

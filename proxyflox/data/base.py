@@ -8,7 +8,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from proxyflox.config import ConfigError
+from proxyflox.errors import ConfigError
 
 T = TypeVar("T")
 

@@ -26,8 +26,8 @@ import numpy as np
 from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import find_classes
 
-from proxyflox.config import ConfigError
 from proxyflox.data.base import ArrayDataset, DatasetInfo, images_to_array
+from proxyflox.errors import ConfigError
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from proxyflox.config import PARTITIONS, ConfigError, unknown_choice
+from proxyflox.errors import ConfigError, unknown_choice
+from proxyflox.settings import PARTITIONS
 
 
 def partition(

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from torch import nn
 
-from proxyflox.config import MODELS, unknown_choice
+from proxyflox.errors import unknown_choice
 from proxyflox.models.cnn import SmallCNN
 from proxyflox.models.depth_cnn import DepthCNN
 from proxyflox.models.mobilenet import MobileNetLike
+from proxyflox.settings import MODELS
 
 __all__ = ["DepthCNN", "MobileNetLike", "SmallCNN", "build_model"]
 

@@ -19,9 +19,10 @@ from proxystore.store.base import Store
 from proxystore.store.config import StoreConfig
 from proxystore.store.utils import get_key
 
-from proxyflox.config import SiteOptions, StoreSettings
+from proxyflox.errors import StoreUnreachableError
+from proxyflox.settings import SiteOptions, StoreSettings
 from proxyflox.stores.access_log import AccessLogConnector
-from proxyflox.stores.backend import StoreBackend, StoreUnreachableError
+from proxyflox.stores.backend import StoreBackend
 from proxyflox.stores.endpoint import EndpointBackend, use_proxystore_home
 from proxyflox.stores.file import FileBackend
 from proxyflox.stores.redis import RedisBackend

@@ -7,11 +7,7 @@ from typing import Any, Protocol
 
 from proxystore.connectors.protocols import Connector
 
-from proxyflox.config import SiteOptions, StoreSettings
-
-
-class StoreUnreachableError(RuntimeError):
-    """The store cannot be reached; the message names the backend and its address."""
+from proxyflox.settings import SiteOptions, StoreSettings
 
 
 class StoreBackend(Protocol):

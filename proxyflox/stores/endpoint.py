@@ -26,8 +26,8 @@ from uuid import UUID
 import yaml
 from proxystore.connectors.endpoint import EndpointConnector, EndpointConnectorError
 
-from proxyflox.config import ConfigError, SiteOptions, StoreSettings
-from proxyflox.stores.backend import StoreUnreachableError
+from proxyflox.errors import ConfigError, StoreUnreachableError
+from proxyflox.settings import SiteOptions, StoreSettings
 
 
 @dataclass(frozen=True)

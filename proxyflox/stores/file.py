@@ -7,8 +7,8 @@ from pathlib import Path
 
 from proxystore.connectors.file import FileConnector
 
-from proxyflox.config import SiteOptions, StoreSettings
-from proxyflox.stores.backend import StoreUnreachableError
+from proxyflox.errors import StoreUnreachableError
+from proxyflox.settings import SiteOptions, StoreSettings
 
 
 def file_connector(directory: Path) -> FileConnector:

@@ -9,8 +9,8 @@ from pathlib import Path
 import redis
 from proxystore.connectors.redis import RedisConnector
 
-from proxyflox.config import REDIS_PASSWORD_ENV, SiteOptions, StoreSettings
-from proxyflox.stores.backend import StoreUnreachableError
+from proxyflox.errors import StoreUnreachableError
+from proxyflox.settings import REDIS_PASSWORD_ENV, SiteOptions, StoreSettings
 
 
 class PasswordRedisConnector(RedisConnector):

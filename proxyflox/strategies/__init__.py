@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from proxyflox.config import StrategySettings
+from proxyflox.settings import StrategySettings
 from proxyflox.strategies.base import ServerState, Strategy, Update, weighted_mean
 from proxyflox.strategies.fedadagrad import FedAdagrad
 from proxyflox.strategies.fedadam import FedAdam

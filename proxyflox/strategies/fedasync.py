@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import ClassVar
 
-from proxyflox.config import STALENESS_FUNCTIONS
+from proxyflox.settings import STALENESS_FUNCTIONS
 from proxyflox.strategies.base import ServerState, Strategy, Update, step_floats
 from proxyflox.weights import Weights
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import difflib
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -19,10 +18,7 @@ from typing import Any
 
 import yaml
 
-
-class ConfigError(ValueError):
-    """A setting the user gave is not valid; the message is one line meant for the user."""
-
+from proxyflox.errors import ConfigError, did_you_mean, unknown_choice
 
 TRANSFER_MODES = ("proxy", "direct")
 PARTITIONS = ("iid", "dirichlet", "shards")
@@ -290,20 +286,6 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
             return str(value)
         raise ConfigError(f"{key}: must be a string, got {value!r}")
     raise TypeError(f"no conversion for {key} of type {hint}")  # a bug, not user input
-
-
-def did_you_mean(word: str, choices: Sequence[str] | Mapping[str, Any]) -> str:
-    """``" (did you mean 'rounds'?)"`` for a near miss, else ``""``."""
-    close = difflib.get_close_matches(word, list(choices), n=1)
-    return f" (did you mean '{close[0]}'?)" if close else ""
-
-
-def unknown_choice(key: str, value: str, allowed: Sequence[str]) -> ConfigError:
-    """The error for a name that is not one of ``allowed`` (with a suggestion if one is close)."""
-    return ConfigError(
-        f"{key}: unknown value {value!r}{did_you_mean(value, allowed)}; "
-        f"allowed: {', '.join(allowed)}"
-    )
 
 
 def _one_of(key: str, value: str, allowed: Sequence[str]) -> None:

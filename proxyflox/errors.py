@@ -1,0 +1,39 @@
+"""The errors every layer may raise, and the helpers that word them; imports nothing of ours.
+
+A :class:`ConfigError` message is one line meant for the user: it names the key, the value and
+what is allowed. Leaf modules (models, data, strategies, stores) raise these without knowing the
+settings module.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A setting the user gave is not valid; the message is one line meant for the user."""
+
+
+class StoreUnreachableError(RuntimeError):
+    """The store cannot be reached; the message names the backend and its address."""
+
+
+class RunStoppedError(RuntimeError):
+    """The run cannot go on (e.g. fewer than ``min_clients`` sites returned)."""
+
+
+def did_you_mean(word: str, choices: Iterable[str] | Mapping[str, Any]) -> str:
+    """``" (did you mean 'rounds'?)"`` for a near miss, else ``""``."""
+    close = difflib.get_close_matches(word, list(choices), n=1)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def unknown_choice(key: str, value: str, allowed: Iterable[str]) -> ConfigError:
+    """The error for a name that is not one of ``allowed`` (with a suggestion if one is close)."""
+    allowed = list(allowed)
+    return ConfigError(
+        f"{key}: unknown value {value!r}{did_you_mean(value, allowed)}; "
+        f"allowed: {', '.join(allowed)}"
+    )
