@@ -2,7 +2,7 @@
 
 A config module (``parsl_configs/*.py``, or any file) builds and exposes ``config``, a
 ``parsl.config.Config``, the way Parsl's own ``parsl/configs/*.py`` do. Every executor except
-the aggregator's is a site executor; sites are mapped onto site executors round-robin.
+the aggregator's is a site executor; the planner maps sites onto them round-robin.
 """
 
 from __future__ import annotations
@@ -119,17 +119,3 @@ def site_executor_labels(config: Config, aggregator: str) -> list[str]:
     if not sites:
         raise ConfigError("config: the Parsl config has no site executor besides the aggregator")
     return sites
-
-
-def check_site_counts(experiment: ExperimentConfig, site_labels: list[str]) -> None:
-    """Settings that count sites must fit the number of sites (checked before a run)."""
-    num_sites = experiment.sites or len(site_labels)
-    if experiment.min_clients > num_sites:
-        raise ConfigError(
-            f"min_clients: {experiment.min_clients} is more than the {num_sites} sites"
-        )
-
-
-def assign_sites(num_sites: int, executor_labels: list[str]) -> list[str]:
-    """Executor label of each site: round-robin, so site i runs on executor i mod n."""
-    return [executor_labels[site % len(executor_labels)] for site in range(num_sites)]

@@ -2,16 +2,10 @@
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 from torch import nn
 
 from proxyflox.data import ArrayDataset
-
-
-def derive_seed(seed: int, *parts: int) -> int:
-    """An independent 63-bit seed for (seed, round, site, ...) — stable across processes."""
-    return int(np.random.SeedSequence([seed, *parts]).generate_state(1, dtype=np.uint64)[0] >> 1)
 
 
 def train_local(

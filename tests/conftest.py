@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
+from proxyflox.controller import RunResult, run_federation
 from proxyflox.results import create_run_dir
-from proxyflox.rounds import RunResult, run_federation
 from proxyflox.settings import load_experiment
 from proxyflox.sites import load_deployment
 from tests.helpers import DEFAULT_EXPERIMENT

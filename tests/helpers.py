@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_EXPERIMENT = ROOT / "experiments" / "digits_fedavg.yaml"
@@ -38,3 +39,20 @@ def only_run_dir(runs_dir: Path) -> Path:
     """The single run directory a test's run created."""
     (run_dir,) = list(runs_dir.iterdir())
     return run_dir
+
+
+def experiment_model(config: Any) -> Any:
+    """The experiment's initial model, as the init app builds it."""
+    from proxyflox.apps import new_model
+    from proxyflox.controller.planner import model_spec
+    from proxyflox.data import dataset_info
+
+    return new_model(model_spec(config), dataset_info(config.dataset, config.data_dir))
+
+
+def experiment_setup(config: Any, num_sites: int = 4) -> Any:
+    """What an executor without options of its own is told (the experiment's values)."""
+    from proxyflox.controller.planner import site_setup
+    from proxyflox.settings import SiteOptions
+
+    return site_setup(config, SiteOptions(), num_sites)

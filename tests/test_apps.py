@@ -8,12 +8,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 from proxystore.proxy import Proxy, is_resolved
+from proxystore.store.config import StoreConfig
 
 from proxyflox.apps import aggregate_updates, evaluate_global, init_global_model, train_site
+from proxyflox.data import dataset_info
+from proxyflox.messages import AggregateTask, InitTask, Instructions, UpdateRef
 from proxyflox.settings import load_experiment
-from proxyflox.stores import open_store, put_weights, resolve_weights
+from proxyflox.stores import key_of, open_app_store, open_store, put_weights, resolve_weights
 from proxyflox.strategies import FedAvg
-from tests.helpers import DEFAULT_EXPERIMENT
+from tests.helpers import DEFAULT_EXPERIMENT, experiment_setup
 
 
 @pytest.fixture
@@ -23,49 +26,63 @@ def store_config(tmp_path: Path):  # type: ignore[no-untyped-def]
     store.close()
 
 
-def test_a_train_result_is_a_small_dict_whose_weights_are_a_proxy(store_config) -> None:  # type: ignore[no-untyped-def]
-    config = load_experiment(DEFAULT_EXPERIMENT)
-    global_model = init_global_model(config, store_config)
-    result = train_site(config, 0, 4, 1, global_model, store_config)
-    assert isinstance(result["weights"], Proxy)
-    assert result["num_samples"] in (359, 360)  # 1437 training samples over 4 sites
-    assert result["train_seconds"] > 0 and result["resolve_seconds"] > 0
+def test_a_train_result_is_a_small_record_whose_update_is_a_proxy(
+    store_config: StoreConfig,
+) -> None:
+    setup = experiment_setup(load_experiment(DEFAULT_EXPERIMENT))
+    global_model = init_global_model(InitTask(setup, store_config))
+    result = train_site(setup, 0, 1, global_model, Instructions())
+    assert isinstance(result.update, Proxy)
+    assert result.num_samples in (359, 360)  # 1437 training samples over 4 sites
+    assert result.train_seconds > 0 and result.resolve_seconds > 0
     # What Parsl carries back to the controller is a reference, not 0.6 MB of weights.
-    assert global_model["model_bytes"] > 500_000
+    weights, _ = resolve_weights(global_model.weights)
+    assert sum(array.nbytes for array in weights.values()) > 500_000
     assert len(pickle.dumps(result)) < 4096
-    assert not is_resolved(pickle.loads(pickle.dumps(result))["weights"])
+    assert not is_resolved(pickle.loads(pickle.dumps(result)).update)
 
 
-def test_aggregate_app_resolves_updates_and_computes_the_weighted_mean(store_config) -> None:  # type: ignore[no-untyped-def]
+def test_aggregate_app_resolves_updates_and_computes_the_weighted_mean(
+    store_config: StoreConfig,
+) -> None:
     updates = [
         {"w": np.array([1.0, 2.0], dtype=np.float32)},
         {"w": np.array([4.0, 8.0], dtype=np.float32)},
     ]
-    # As the aggregator receives them from other processes: proxies not yet resolved.
-    results = pickle.loads(
+    store = open_app_store(store_config)
+    # As the aggregator receives them from other processes: keys of objects in the store.
+    refs = pickle.loads(
         pickle.dumps(
-            [
-                {"weights": put_weights(update, store_config)[0], "num_samples": n}
+            tuple(
+                UpdateRef(key_of(put_weights(update, store)[0]), n)
                 for update, n in zip(updates, (3, 1), strict=True)
-            ]
+            )
         )
     )
-    new_global = aggregate_updates(FedAvg(), {}, *results, store_config=store_config)
-    weights, _ = resolve_weights(new_global["weights"])
+    task = AggregateTask(FedAvg(), None, dataset_info("digits", None), None, refs, store_config)
+    new_global = aggregate_updates(task)
+    weights, _ = resolve_weights(new_global.model.weights)
     np.testing.assert_array_equal(weights["w"], np.array([1.75, 3.5], dtype=np.float32))
-    assert new_global["num_updates"] == 2
-    # Updates are read through the proxies' factories: no proxy keeps a copy of its update.
-    assert not any(is_resolved(r["weights"]) for r in results)
+    assert new_global.num_updates == 2
 
 
 def test_direct_transfer_passes_the_arrays_themselves() -> None:
     config = load_experiment(DEFAULT_EXPERIMENT, {"transfer": "direct"})
-    global_model = init_global_model(config, None)
-    assert isinstance(global_model["weights"], dict)
-    result = train_site(config, 1, 4, 1, global_model, None)
-    new_global = aggregate_updates(FedAvg(), global_model, result, store_config=None)
+    setup = experiment_setup(config)
+    global_model = init_global_model(InitTask(setup, None))
+    assert isinstance(global_model.weights, dict)
+    result = train_site(setup, 1, 1, global_model, Instructions())
+    task = AggregateTask(
+        FedAvg(),
+        global_model.weights,
+        global_model.dataset,
+        None,
+        (UpdateRef(result.update, result.num_samples),),
+        None,
+    )
+    new_global = aggregate_updates(task)
     # One update with any sample count averages back to itself.
-    for name, array in result["weights"].items():
-        assert new_global["weights"][name].tobytes() == array.tobytes()
-    metrics = evaluate_global(config, new_global)
-    assert 0.0 <= metrics["accuracy"] <= 1.0 and metrics["loss"] > 0
+    for name, array in result.update.items():
+        assert new_global.model.weights[name].tobytes() == array.tobytes()
+    metrics = evaluate_global(setup, new_global.model)
+    assert 0.0 <= metrics.accuracy <= 1.0 and metrics.loss > 0

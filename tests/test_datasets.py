@@ -12,10 +12,11 @@ import pytest
 from torchvision.datasets import CIFAR10
 
 from proxyflox.apps import site_data
+from proxyflox.controller import RunResult
+from proxyflox.controller.planner import data_spec
 from proxyflox.data import cifar10, dataset_info, load_folder, load_split
 from proxyflox.errors import ConfigError
 from proxyflox.results import read_partition, read_rounds
-from proxyflox.rounds import RunResult
 from proxyflox.settings import load_experiment
 from tests.helpers import DEFAULT_EXPERIMENT, run_cli
 from tests.tiny_datasets import (
@@ -137,18 +138,18 @@ def test_an_npz_with_a_local_split(tmp_path: Path) -> None:
 def test_sites_partition_the_dataset_and_their_local_test_sets_follow_their_label_mix() -> None:
     config = load_experiment(DEFAULT_EXPERIMENT, {"partition": "shards", "classes_per_site": "3"})
     for site in range(4):
-        train = site_data(config, site, 4)
-        test = site_data(config, site, 4, split="test")
+        train = site_data(data_spec(config, 4), site)
+        test = site_data(data_spec(config, 4), site, split="test")
         assert len(np.unique(train.y)) == 3
         assert set(np.unique(test.y)) == set(np.unique(train.y))
 
 
 def test_samples_per_site_caps_each_sites_data() -> None:
     config = load_experiment(DEFAULT_EXPERIMENT, {"samples_per_site": "50"})
-    sizes = [len(site_data(config, site, 4)) for site in range(4)]
+    sizes = [len(site_data(data_spec(config, 4), site)) for site in range(4)]
     assert sizes == [50] * 4
     # The local test sets are not capped.
-    assert len(site_data(config, 0, 4, split="test")) == 90
+    assert len(site_data(data_spec(config, 4), 0, split="test")) == 90
 
 
 @pytest.mark.parametrize(
@@ -171,10 +172,10 @@ def test_bad_data_settings_are_named(overrides: dict[str, str], message: str) ->
 def test_shards_that_leave_classes_out_or_ask_for_too_many_are_errors() -> None:
     config = load_experiment(DEFAULT_EXPERIMENT, {"partition": "shards", "classes_per_site": "11"})
     with pytest.raises(ConfigError, match="classes_per_site: must be between 1 and the dataset's"):
-        site_data(config, 0, 4)
+        site_data(data_spec(config, 4), 0)
     config = load_experiment(DEFAULT_EXPERIMENT, {"partition": "shards", "classes_per_site": "2"})
     with pytest.raises(ConfigError, match="holds only 4 of the 10 classes"):
-        site_data(config, 0, 2)
+        site_data(data_spec(config, 2), 0)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -8,13 +8,14 @@ from pathlib import Path
 
 import torch
 
-from proxyflox.apps import new_model, shuffle_seed, site_data
+from proxyflox.apps import shuffle_seed, site_data
+from proxyflox.controller import RunResult
+from proxyflox.controller.planner import data_spec
+from proxyflox.models.weights import weights_of
 from proxyflox.results import round_columns
-from proxyflox.rounds import RunResult
 from proxyflox.settings import load_experiment
 from proxyflox.training import train_local
-from proxyflox.weights import weights_of
-from tests.helpers import DEFAULT_EXPERIMENT
+from tests.helpers import DEFAULT_EXPERIMENT, experiment_model
 
 Runner = Callable[..., RunResult]
 
@@ -34,12 +35,13 @@ def test_a_short_run_writes_its_outputs_and_leaves_no_store_behind(
     assert float(rows[-1]["accuracy"]) > float(rows[0]["accuracy"])
     assert all(float(row["site3_resolve_seconds"]) > 0 for row in rows)
     assert int(rows[0]["model_bytes"]) == sum(
-        p.numel() * 4 for p in new_model(load_experiment(DEFAULT_EXPERIMENT)).state_dict().values()
+        p.numel() * 4
+        for p in experiment_model(load_experiment(DEFAULT_EXPERIMENT)).state_dict().values()
     )
     with open(run_dir / "sites.csv", newline="") as file:
         assert len(list(csv.DictReader(file))) == 3 * 4
     assert set(torch.load(run_dir / "model.pt")) == set(
-        new_model(load_experiment(DEFAULT_EXPERIMENT)).state_dict()
+        experiment_model(load_experiment(DEFAULT_EXPERIMENT)).state_dict()
     )
     assert (run_dir.stat().st_mode & 0o777) == 0o700
 
@@ -84,8 +86,8 @@ def test_fedavg_on_one_site_equals_centralized_training_bit_for_bit(run_local: R
     # Centralized: the same model on all the training data, same epochs and batch order,
     # an optimizer started afresh where each round starts.
     torch.set_num_threads(config.torch_threads)
-    model = new_model(config)
-    data = site_data(config, site=0, num_sites=1)
+    model = experiment_model(config)
+    data = site_data(data_spec(config, num_sites=1), site=0)
     assert len(data) == 1437
     for round_number in range(1, rounds + 1):
         train_local(
@@ -95,7 +97,7 @@ def test_fedavg_on_one_site_equals_centralized_training_bit_for_bit(run_local: R
             batch_size=config.batch_size,
             lr=config.lr,
             momentum=config.momentum,
-            shuffle_seed=shuffle_seed(config, round_number, 0),
+            shuffle_seed=shuffle_seed(config.seed, round_number, 0),
         )
     central = weights_of(model)
     saved = torch.load(federated.run_dir / "model.pt")

@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from proxyflox.apps import new_model
 from proxyflox.errors import ConfigError
 from proxyflox.models import DepthCNN, MobileNetLike, SmallCNN, build_model
+from proxyflox.models.weights import weights_of
 from proxyflox.settings import load_experiment
-from proxyflox.weights import weights_nbytes, weights_of
-from tests.helpers import DEFAULT_EXPERIMENT
+from proxyflox.weights import weights_nbytes
+from tests.helpers import DEFAULT_EXPERIMENT, experiment_model
 
 SHAPES = [(1, 8, 8), (1, 28, 28), (3, 32, 32)]
 
@@ -105,10 +105,10 @@ def test_bad_model_settings_are_named(overrides: dict[str, str], message: str) -
 
 def test_model_settings_reach_the_built_model() -> None:
     config = load_experiment(DEFAULT_EXPERIMENT, {"model": "depth_cnn", "depth": "4"})
-    model = new_model(config)
+    model = experiment_model(config)
     assert isinstance(model, DepthCNN)
     assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules()) == 4
     config = load_experiment(DEFAULT_EXPERIMENT, {"model": "mobilenet", "width_multiplier": "0.5"})
-    assert parameters(new_model(config)) == parameters(
+    assert parameters(experiment_model(config)) == parameters(
         MobileNetLike((1, 8, 8), 10, width_multiplier=0.5)
     )

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from proxyflox.controller import run_federation
 from proxyflox.plot import PHASES, load_run, plot_comparison
 from proxyflox.results import create_run_dir
-from proxyflox.rounds import run_federation
 from proxyflox.settings import load_experiment
 from proxyflox.sites import load_deployment
 from tests.helpers import DEFAULT_EXPERIMENT, ROOT, bare_env

@@ -12,9 +12,10 @@ import pytest
 import torch
 
 from proxyflox.apps import init_global_model, train_site
-from proxyflox.rounds import RunResult, RunStoppedError
+from proxyflox.controller import RunResult, RunStoppedError
+from proxyflox.messages import InitTask, Instructions
 from proxyflox.settings import load_experiment
-from tests.helpers import DEFAULT_EXPERIMENT
+from tests.helpers import DEFAULT_EXPERIMENT, experiment_setup
 
 Runner = Callable[..., RunResult]
 
@@ -43,15 +44,15 @@ def test_fedprox_with_mu_0_is_fedavg_bit_for_bit(run_local: Runner) -> None:
 
 def test_fedprox_pulls_local_weights_toward_the_global_model() -> None:
     config = load_experiment(DEFAULT_EXPERIMENT, {"local_epochs": "3"})
-    global_model = init_global_model(config, None)
+    setup = experiment_setup(config)
+    global_model = init_global_model(InitTask(setup, None))
 
     def distance_after_training(mu: float) -> float:
-        update = train_site(config, 0, 4, 1, global_model, None, None, {"proximal_mu": mu})
+        update = train_site(setup, 0, 1, global_model, Instructions(proximal_mu=mu))
         return float(
             np.sqrt(
                 sum(
-                    ((update["weights"][k] - global_model["weights"][k]) ** 2).sum()
-                    for k in update["weights"]
+                    ((update.update[k] - global_model.weights[k]) ** 2).sum() for k in update.update
                 )
             )
         )

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from proxyflox.controller import RunResult
 from proxyflox.errors import ConfigError
-from proxyflox.rounds import RunResult
 from proxyflox.settings import SiteOptions, load_experiment
 from proxyflox.sites import load_deployment
 from tests.helpers import DEFAULT_EXPERIMENT, run_cli

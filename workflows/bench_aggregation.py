@@ -38,8 +38,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 from proxyflox.bench import DOCS, MODEL_SPECS, median, model_weights, print_machine, write_csv
+
 from proxyflox.settings import StoreSettings
 from proxyflox.stores import open_store, put_weights
 from proxyflox.weights import Weights, weights_nbytes

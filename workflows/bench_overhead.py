@@ -35,8 +35,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
-from proxyflox.apps import new_model, shuffle_seed, site_data
 from proxyflox.bench import (
     DOCS,
     RoundRecord,
@@ -46,12 +44,14 @@ from proxyflox.bench import (
     write_csv,
     write_mnist_like,
 )
+
+from proxyflox.apps import new_model, shuffle_seed, site_data
 from proxyflox.data import TEST, load_split
+from proxyflox.models.weights import load_weights, weights_of
 from proxyflox.settings import ExperimentConfig, load_experiment
 from proxyflox.sites import load_deployment
 from proxyflox.strategies import Update, weighted_mean
 from proxyflox.training import evaluate, train_local
-from proxyflox.weights import load_weights, weights_of
 
 TARGET = 1.10
 ROOT = Path(__file__).resolve().parent.parent

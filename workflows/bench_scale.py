@@ -31,8 +31,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 from proxyflox.bench import DOCS, median, print_machine, run_timed, write_csv, write_mnist_like
+
 from proxyflox.settings import ExperimentConfig, StoreSettings
 from proxyflox.sites import load_deployment
 

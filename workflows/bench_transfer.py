@@ -37,10 +37,6 @@ import parsl
 from parsl import python_app
 from parsl.app.python import PythonApp
 from parsl.serialize import pack_apply_message, serialize
-from proxystore.proxy import Proxy, is_resolved
-from proxystore.store.base import Store
-
-from proxyflox.apps import aggregate_updates, train_site
 from proxyflox.bench import (
     DOCS,
     MODEL_SPECS,
@@ -52,7 +48,11 @@ from proxyflox.bench import (
     synthetic_init,
     write_csv,
 )
-from proxyflox.federation import aggregation_input
+from proxystore.proxy import Proxy, is_resolved
+from proxystore.store.base import Store
+
+from proxyflox.apps import aggregate_updates, train_site
+from proxyflox.controller import aggregation_input
 from proxyflox.settings import ExperimentConfig, SiteOptions, StoreSettings, merge_site_options
 from proxyflox.sites import load_deployment, site_executor_labels
 from proxyflox.stores import BACKENDS, evict_weights, open_store

@@ -16,10 +16,10 @@ import argparse
 import sys
 from pathlib import Path
 
+from proxyflox.controller import run_federation
 from proxyflox.errors import ConfigError
 from proxyflox.plot import plot_comparison
 from proxyflox.results import create_run_dir
-from proxyflox.rounds import run_federation
 from proxyflox.settings import load_experiment, to_yaml
 from proxyflox.sites import load_deployment
 

@@ -15,13 +15,12 @@ from pathlib import Path
 from types import FrameType
 
 from proxyflox.checkpoints import ResumePoint, find_resume_point, truncate_round_logs
-from proxyflox.data import check_data_settings
+from proxyflox.controller import RunStoppedError, plan_run, run_federation
 from proxyflox.errors import ConfigError
 from proxyflox.inventory import INVENTORY_ENV
 from proxyflox.results import create_run_dir
-from proxyflox.rounds import RunStoppedError, run_federation
 from proxyflox.settings import add_override_options, load_experiment, overrides_from_args, to_yaml
-from proxyflox.sites import check_site_counts, load_deployment, site_executor_labels
+from proxyflox.sites import load_deployment
 from proxyflox.stores import StoreUnreachableError, check_store
 
 DEFAULT_EXPERIMENT = Path(__file__).resolve().parent.parent / "experiments" / "digits_fedavg.yaml"
@@ -80,9 +79,7 @@ def main(argv: list[str] | None = None) -> int:
             os.environ[INVENTORY_ENV] = str(Path(args.inventory).resolve())
         deployment = load_deployment(args.config or (resume.parsl_config if resume else "local.py"))
         # Fails here, before a run directory exists.
-        site_labels = site_executor_labels(deployment.parsl_config, experiment.aggregator)
-        check_site_counts(experiment, site_labels)
-        check_data_settings(experiment, deployment.options_for(experiment), site_labels)
+        plan = plan_run(experiment, deployment)
         if experiment.transfer == "proxy":
             check_store(experiment.store)
     except (ConfigError, StoreUnreachableError) as err:
@@ -111,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
             run_dir,
             progress=lambda line: print(line, flush=True),
             resume=resume,
+            plan=plan,
         )
     except KeyboardInterrupt:
         print(

@@ -1,26 +1,29 @@
 """Where weights live between apps: one module per backend, all as ProxyStore connectors.
 
-The controller opens the run's :class:`~proxystore.store.base.Store` with :func:`open_store` and
-hands its config (small, picklable) to every app; apps :func:`put_weights` and
-:func:`resolve_weights` with it. With ``transfer: direct`` the config is ``None`` and weights
-travel through Parsl itself (the benchmark baseline).
+The controller opens the run's :class:`~proxystore.store.base.Store` with :func:`open_store`; the
+init and aggregate apps open it from its config (:func:`open_app_store`), sites find it through
+the proxy they receive (:func:`store_of`). Apps :func:`put_weights` and :func:`resolve_weights`.
+With ``transfer: direct`` there is no store and weights travel through Parsl itself (the
+benchmark baseline).
 """
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from proxystore.connectors.protocols import Connector
 from proxystore.proxy import Proxy, get_factory
 from proxystore.store import get_or_create_store
 from proxystore.store.base import Store
 from proxystore.store.config import StoreConfig
+from proxystore.store.exceptions import ProxyResolveMissingKeyError
+from proxystore.store.factory import StoreFactory
 from proxystore.store.utils import get_key
 
 from proxyflox.errors import StoreUnreachableError
-from proxyflox.settings import SiteOptions, StoreSettings
+from proxyflox.settings import StoreSettings
 from proxyflox.stores.access_log import AccessLogConnector
 from proxyflox.stores.backend import StoreBackend
 from proxyflox.stores.endpoint import EndpointBackend, use_proxystore_home
@@ -35,9 +38,12 @@ __all__ = [
     "check_store",
     "enter_site",
     "evict_weights",
+    "key_of",
+    "open_app_store",
     "open_store",
     "put_weights",
     "resolve_weights",
+    "store_of",
 ]
 
 #: ``store.backend`` name -> backend.
@@ -47,8 +53,9 @@ BACKENDS: dict[str, StoreBackend] = {
     "endpoint": EndpointBackend(),
 }
 
-#: What apps exchange as "weights": a proxy (store transfer) or the arrays themselves (direct).
-WeightsRef = Proxy[Weights] | Weights
+#: What apps exchange as "weights": a proxy or a bare store key (store transfer), or the arrays
+#: themselves (direct transfer).
+WeightsRef = Any
 
 
 def check_store(settings: StoreSettings) -> None:
@@ -71,35 +78,67 @@ def open_store(settings: StoreSettings, run_dir: Path, name: str) -> Store[Any]:
     return Store(name, connector, cache_size=0, populate_target=True, register=True)
 
 
-def enter_site(options: SiteOptions) -> None:
-    """Prepare this process for the store, as this site's options say (call first in an app)."""
-    use_proxystore_home(options.proxystore_home)
+def enter_site(proxystore_home: str | None) -> None:
+    """Prepare this process for the store: this executor's endpoint home (call first in an app)."""
+    use_proxystore_home(proxystore_home)
 
 
-def put_weights(weights: Weights, store_config: StoreConfig | None) -> tuple[WeightsRef, float]:
+def open_app_store(store_config: StoreConfig | None) -> Store[Any] | None:
+    """The run's store inside an app, from the config its task carries (``None``: direct)."""
+    return None if store_config is None else get_or_create_store(store_config, register=True)
+
+
+def store_of(ref: WeightsRef) -> Store[Any] | None:
+    """The store a proxy's object lives in, from the config inside the proxy (``None``: the
+    weights travel directly). A site puts its update where its global model came from, so the
+    store config travels once, inside the proxy."""
+    if not isinstance(ref, Proxy):
+        return None
+    factory = cast(StoreFactory[Any, Weights], get_factory(ref))
+    return factory.get_store()
+
+
+def put_weights(weights: Weights, store: Store[Any] | None) -> tuple[WeightsRef, float]:
     """Put weights into the store (in the calling app's process); return the ref and seconds."""
-    if store_config is None:
+    if store is None:
         return weights, 0.0
     start = time.perf_counter()
-    store = get_or_create_store(store_config, register=True)
     proxy = store.proxy(weights)
     return proxy, time.perf_counter() - start
 
 
-def resolve_weights(ref: WeightsRef) -> tuple[Weights, float]:
-    """Fetch and deserialize the weights behind ``ref``; return them and the seconds it took.
+def resolve_weights(ref: WeightsRef, store: Store[Any] | None = None) -> tuple[Weights, float]:
+    """Fetch and deserialize the weights behind a proxy or a key; return them and the seconds.
 
-    Calls the proxy's factory instead of resolving the proxy in place: a resolved proxy would
-    keep its copy of the weights alive for as long as the proxy lives.
+    A proxy is read through its factory instead of being resolved in place: a resolved proxy
+    would keep its copy of the weights alive for as long as the proxy lives. A bare key (what
+    the aggregator gets) is read from ``store``.
     """
-    if not isinstance(ref, Proxy):
-        return ref, 0.0
     start = time.perf_counter()
-    weights: Weights = get_factory(ref)()
+    if isinstance(ref, Proxy):  # first: a proxy of a dict passes isinstance(proxy, dict)
+        weights: Weights = get_factory(ref)()
+    elif isinstance(ref, dict):
+        return ref, 0.0
+    else:
+        if store is None:
+            raise ValueError(f"a store key needs its store to be read: {ref!r}")
+        fetched = store.get(ref, default=_MISSING)
+        if fetched is _MISSING:
+            raise ProxyResolveMissingKeyError(ref, type(store), store.name)
+        weights = cast(Weights, fetched)
     return weights, time.perf_counter() - start
 
 
+def key_of(ref: WeightsRef) -> WeightsRef:
+    """The store key behind a proxy, read without resolving it (the arrays of direct transfer
+    pass through)."""
+    return get_key(ref) if isinstance(ref, Proxy) else ref
+
+
 def evict_weights(store: Store[Any], ref: WeightsRef) -> None:
-    """Delete the object behind a proxy from the store, without resolving it."""
-    if isinstance(ref, Proxy):
-        store.evict(get_key(ref))
+    """Delete the object behind a proxy or key from the store, without resolving it."""
+    if isinstance(ref, Proxy) or not isinstance(ref, dict):
+        store.evict(key_of(ref))
+
+
+_MISSING = object()

@@ -54,6 +54,11 @@ class Strategy:
             return list(sites)
         return sorted(int(site) for site in rng.choice(sites, size=count, replace=False))
 
+    @property
+    def updates_per_aggregation(self) -> int:
+        """How many updates an asynchronous strategy buffers before it aggregates them."""
+        return 1
+
     def train_instructions(self) -> dict[str, Any]:
         """What every site's train app is told besides the global model (e.g. ``proximal_mu``)."""
         return {}

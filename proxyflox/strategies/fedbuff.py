@@ -22,6 +22,11 @@ class FedBuff(Strategy):
     buffer_size: int = 3
     server_lr: float = 1.0
 
+    @property
+    def updates_per_aggregation(self) -> int:
+        """FedBuff aggregates every ``buffer_size`` updates."""
+        return self.buffer_size
+
     def aggregate_train(
         self,
         global_weights: Weights,

@@ -32,6 +32,8 @@ from typing import Any
 import numpy as np
 import psutil
 from parsl import python_app
+from proxyflox.federation import Federation
+from proxyflox.rounds import run_rounds
 
 from proxyflox.apps import (
     FederationApps,
@@ -41,9 +43,7 @@ from proxyflox.apps import (
     train_site,
 )
 from proxyflox.data import DatasetInfo
-from proxyflox.federation import Federation
 from proxyflox.results import round_columns
-from proxyflox.rounds import run_rounds
 from proxyflox.settings import ExperimentConfig, SiteOptions
 from proxyflox.sites import Deployment
 from proxyflox.stores import enter_site, put_weights, resolve_weights

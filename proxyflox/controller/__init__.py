@@ -1,0 +1,101 @@
+"""The controller: the process that runs the round loop and only ever handles references.
+
+:func:`run_federation` plans the run, opens its store, ledger, records and Parsl, and runs the
+synchronous rounds (``rounds.py``) or the asynchronous loop (``asynchronous.py``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import ExitStack
+from pathlib import Path
+
+from proxyflox.checkpoints import ResumePoint
+from proxyflox.controller.asynchronous import run_asynchronous
+from proxyflox.controller.context import RunResult, open_run
+from proxyflox.controller.observer import ObserverList, ProgressLines, RunObserver
+from proxyflox.controller.planner import Plan, plan_run
+from proxyflox.controller.rounds import run_rounds
+from proxyflox.controller.runtime import AppBodies
+from proxyflox.errors import RunStoppedError
+from proxyflox.settings import ExperimentConfig
+from proxyflox.sites import Deployment
+from proxyflox.strategies import build_strategy
+
+__all__ = [
+    "AppBodies",
+    "Plan",
+    "RunObserver",
+    "RunResult",
+    "RunStoppedError",
+    "plan_run",
+    "run_federation",
+]
+
+
+def run_federation(
+    config: ExperimentConfig,
+    deployment: Deployment,
+    run_dir: Path,
+    *,
+    progress: Callable[[str], None] = print,
+    resume: ResumePoint | None = None,
+    plan: Plan | None = None,
+    observer: RunObserver | None = None,
+    bodies: AppBodies | None = None,
+) -> RunResult:
+    """Run the experiment on the executors of a deployment; results go to ``run_dir``.
+
+    Parsl is shut down on every way out (errors and Ctrl-C included), and every object the run
+    put into the store is evicted.
+
+    Args:
+        config: The experiment.
+        deployment: Where the apps run.
+        run_dir: The run's directory (created by the caller).
+        progress: Called with one line per round.
+        resume: Continue a stopped run from its last checkpoint.
+        plan: The run's plan, if the caller already made it (:func:`plan_run`).
+        observer: Watches the run's events (besides the progress lines).
+        bodies: Replacement app bodies (benchmarks).
+
+    Raises:
+        ConfigError: if the experiment does not fit the deployment.
+        RunStoppedError: when a round ends with fewer than ``min_clients`` updates.
+    """
+    plan = plan or plan_run(config, deployment)
+    strategy = build_strategy(config.strategy)
+    watchers = ObserverList(
+        [ProgressLines(progress, config.rounds), *([observer] if observer else [])]
+    )
+    result = RunResult(run_dir)
+    with ExitStack() as stack:
+        run = open_run(
+            stack,
+            config,
+            deployment,
+            plan,
+            run_dir,
+            watchers,
+            progress,
+            asynchronous=strategy.asynchronous,
+            bodies=bodies,
+        )
+        rows = (
+            run_asynchronous(run, strategy)
+            if strategy.asynchronous
+            else run_rounds(run, strategy, resume)
+        )
+        result.rounds.extend(rows)
+    _write_plots(run_dir, progress)
+    return result
+
+
+def _write_plots(run_dir: Path, progress: Callable[[str], None]) -> None:
+    """The run's PNG plots; a plotting failure only warns, the CSV files are the results."""
+    try:
+        from proxyflox.plot import plot_run  # matplotlib loads only when a run has finished
+
+        plot_run(run_dir)
+    except Exception as err:
+        progress(f"warning: plots not written: {type(err).__name__}: {err}")

@@ -1,0 +1,180 @@
+"""The asynchronous controller (FedAsync, FedBuff): no rounds, driven by Parsl futures.
+
+Every site gets new work as soon as it returns an update, trained from the newest global model.
+Updates are aggregated as they arrive, every ``strategy.updates_per_aggregation`` of them; the
+strategy weighs each by its staleness (how many global versions were published since its site
+received the model it trained) as its own rule says. The run ends when ``max_updates`` updates
+arrived or ``max_seconds`` passed; updates still in flight then are dropped and evicted.
+
+Outputs: ``updates.csv`` (every update: site, staleness, when), ``rounds.csv`` (one row per
+aggregation, i.e. per global version), ``model.pt`` (the newest global model, rewritten by
+the aggregator at every aggregation).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Any
+
+from proxyflox.controller.context import RunContext
+from proxyflox.errors import RunStoppedError
+from proxyflox.messages import Evaluation, GlobalModel, Instructions, TrainResult
+from proxyflox.strategies import Strategy
+
+
+@dataclass(frozen=True)
+class _Work:
+    """A train app in flight: its site, and the global version it trains from."""
+
+    site: int
+    version: int
+    model: GlobalModel
+
+
+def run_asynchronous(run: RunContext, strategy: Strategy) -> Iterator[dict[str, Any]]:
+    """Run an asynchronous strategy until its budget is spent; yield each version's row."""
+    return _AsyncRun(run, strategy).run()
+
+
+class _AsyncRun:
+    """State of one asynchronous run: the newest global version, work in flight, the buffer."""
+
+    def __init__(self, run: RunContext, strategy: Strategy) -> None:
+        self.run_ = run
+        self.config = run.config
+        self.strategy = strategy
+        self.instructions = Instructions(
+            **strategy.train_instructions(), update_kind=strategy.update_kind
+        )
+        self.version = 0
+        self.newest: GlobalModel | None = None
+        self.in_flight: dict[Future[TrainResult], _Work] = {}
+        self.buffer: list[tuple[TrainResult, int]] = []  # (update, staleness)
+        self.evaluations: list[tuple[dict[str, Any], GlobalModel, Future[Evaluation]]] = []
+        self.received = 0
+        self.tasks_per_site: Counter[int] = Counter()
+        self.start = 0.0
+
+    def run(self) -> Iterator[dict[str, Any]]:
+        run, ledger = self.run_, self.run_.ledger
+        self.newest = ledger.claim(ledger.expect(run.runtime.init()))
+        self.start = run.seconds()  # like rounds.csv of synchronous runs: from here
+        run.observer.run_started(self.start)
+        for site in run.plan.sample(self.strategy, 0):
+            self._give_work(site)
+        while self.in_flight and not self._budget_spent():
+            timeout = None
+            if self.config.max_seconds is not None:
+                timeout = max(0.0, self.config.max_seconds - run.seconds())
+            done, _ = concurrent.futures.wait(
+                self.in_flight, timeout=timeout, return_when=concurrent.futures.FIRST_COMPLETED
+            )
+            for future in done:
+                self._receive(future)
+            yield from self._finished_evaluations(block=False)
+        for future in self.in_flight:
+            ledger.drop(future)  # over budget: dropped, evicted when they arrive
+        self.in_flight.clear()
+        ledger.release(*(update for update, _ in self.buffer))  # a partly filled buffer too
+        self.buffer = []
+        yield from self._finished_evaluations(block=True)
+        if self.received < self.config.min_clients:
+            raise RunStoppedError(
+                f"only {self.received} updates arrived, fewer than "
+                f"min_clients={self.config.min_clients}"
+            )
+
+    def _budget_spent(self) -> bool:
+        config = self.config
+        if config.max_updates is not None and self.received >= config.max_updates:
+            return True
+        return config.max_seconds is not None and self.run_.seconds() >= config.max_seconds
+
+    def _give_work(self, site: int) -> None:
+        assert self.newest is not None
+        self.tasks_per_site[site] += 1
+        future = self.run_.runtime.train(
+            site, self.tasks_per_site[site], self.newest, self.instructions
+        )
+        self.in_flight[self.run_.ledger.expect(future, uses=[self.newest])] = _Work(
+            site, self.version, self.newest
+        )
+
+    def _receive(self, future: Future[TrainResult]) -> None:
+        run = self.run_
+        work = self.in_flight.pop(future)
+        update = run.ledger.claim(future)  # a failing site raises here
+        self.received += 1
+        staleness = self.version - work.version
+        run.records.write_update(
+            {
+                "update": self.received,
+                "site": work.site,
+                "version_started": work.version,
+                "staleness": staleness,
+                "seconds": run.seconds() - self.start,
+            },
+            update,
+        )
+        run.observer.trained(self.version + 1, update)
+        self.buffer.append((update, staleness))
+        if len(self.buffer) >= self.strategy.updates_per_aggregation:
+            self._aggregate()
+        if not self._budget_spent():
+            self._give_work(work.site)
+
+    def _aggregate(self) -> None:
+        run, ledger = self.run_, self.run_.ledger
+        assert self.newest is not None
+        updates = [update for update, _ in self.buffer]
+        staleness = [s for _, s in self.buffer]
+        aggregate = ledger.claim(
+            ledger.expect(
+                run.runtime.aggregate(
+                    self.strategy,
+                    self.newest,
+                    updates,
+                    staleness=staleness,
+                    save_path=run.run_dir / "model.pt",
+                )
+            )
+        )
+        # The previous version and the buffered updates: the controller is done with them
+        # (apps still training from that version keep it until they return).
+        ledger.release(self.newest, *updates)
+        self.buffer = []
+        self.version += 1
+        self.newest = aggregate.model
+        run.observer.aggregated(self.version, aggregate)
+        row = {
+            "round": self.version,
+            "sites": len(updates),
+            "site_ids": " ".join(str(u.site) for u in updates),
+            "staleness": " ".join(map(str, staleness)),
+            "updates_total": self.received,
+            "seconds": run.seconds() - self.start,
+            "aggregate_seconds": aggregate.aggregate_seconds,
+            "aggregate_resolve_seconds": aggregate.resolve_seconds,
+            "model_bytes": aggregate.model_bytes,
+        }
+        evaluation = ledger.expect(run.runtime.evaluate(self.newest), uses=[self.newest])
+        self.evaluations.append((row, self.newest, evaluation))
+
+    def _finished_evaluations(self, block: bool) -> Iterator[dict[str, Any]]:
+        run = self.run_
+        while self.evaluations and (block or self.evaluations[0][2].done()):
+            row, _model, future = self.evaluations.pop(0)
+            metrics = run.ledger.claim(future)
+            run.observer.evaluated(row["round"], metrics)
+            row |= {
+                "accuracy": metrics.accuracy,
+                "loss": metrics.loss,
+                "evaluate_seconds": metrics.evaluate_seconds,
+            }
+            run.records.write_round(row)
+            run.observer.round_finished(row["round"], row)
+            yield row

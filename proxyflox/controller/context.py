@@ -1,0 +1,114 @@
+"""The parts of one run that its round loop works with, opened and closed together."""
+
+from __future__ import annotations
+
+import time
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from proxyflox.controller.ledger import ReferenceLedger
+from proxyflox.controller.observer import RunObserver
+from proxyflox.controller.planner import Plan
+from proxyflox.controller.records import RunRecords
+from proxyflox.controller.runtime import AppBodies, ParslRuntime
+from proxyflox.controller.store import RunStore, no_store_evict
+from proxyflox.errors import RunStoppedError
+from proxyflox.settings import ExperimentConfig
+from proxyflox.sites import Deployment
+from proxyflox.stores import key_of
+
+
+@dataclass
+class RunResult:
+    """What a finished run reports back (everything is also in the run directory)."""
+
+    run_dir: Path
+    rounds: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def final_accuracy(self) -> float:
+        """Accuracy of the last global model."""
+        return float(self.rounds[-1]["accuracy"])
+
+
+@dataclass
+class RunContext:
+    """Settings, plan, Parsl, reference ledger, records and observer of one run."""
+
+    config: ExperimentConfig
+    plan: Plan
+    run_dir: Path
+    runtime: ParslRuntime
+    ledger: ReferenceLedger
+    records: RunRecords
+    observer: RunObserver
+    started: float = field(default_factory=time.perf_counter)
+
+    def seconds(self) -> float:
+        """Seconds since the run started (controller clock)."""
+        return time.perf_counter() - self.started
+
+
+def open_run(
+    stack: ExitStack,
+    config: ExperimentConfig,
+    deployment: Deployment,
+    plan: Plan,
+    run_dir: Path,
+    observer: RunObserver,
+    warn: Any,
+    *,
+    asynchronous: bool,
+    bodies: AppBodies | None = None,
+) -> RunContext:
+    """Open the store, the ledger, the records and Parsl on ``stack``.
+
+    The stack closes them in reverse: Parsl shuts down first (after letting late apps finish on
+    a normal end), then the records close, the ledger evicts what is left, the store closes.
+    """
+    started = time.perf_counter()
+    store = RunStore(config.store, run_dir, warn) if config.transfer == "proxy" else None
+    if store is not None:
+        stack.callback(store.close)
+    ledger = ReferenceLedger(
+        store.evict if store is not None else no_store_evict,
+        lambda ref: key_of(ref) if store is not None else None,
+    )
+    stack.push(_close_ledger(ledger, warn))
+    records = stack.enter_context(
+        RunRecords(
+            run_dir,
+            plan.placement,
+            asynchronous=asynchronous,
+            evaluate_sites=config.evaluate_sites,
+        )
+    )
+    runtime = stack.enter_context(
+        ParslRuntime(
+            deployment.parsl_config,
+            plan,
+            run_dir,
+            store.config if store is not None else None,
+            config.retries,
+            bodies,
+        )
+    )
+    return RunContext(config, plan, run_dir, runtime, ledger, records, observer, started)
+
+
+def _close_ledger(ledger: ReferenceLedger, warn: Any) -> Any:
+    """An exit callback: evict what is left; a lost store only warns when the run already
+    failed (its own error says more)."""
+
+    def close(exc_type: type[BaseException] | None, *_: Any) -> bool:
+        try:
+            ledger.close()
+        except RunStoppedError as err:
+            if exc_type is None:
+                raise
+            warn(f"warning: objects of this run may be left: {err}")
+        return False
+
+    return close

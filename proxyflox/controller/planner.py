@@ -1,0 +1,131 @@
+"""Where each site runs, what each executor is told, and which sites train in a round.
+
+Pure: no Parsl, no store, no files. :func:`plan_run` is also the run's pre-flight check: every
+setting that depends on the Parsl config is checked here, before a run directory exists.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from proxyflox.data import check_data_settings
+from proxyflox.errors import ConfigError
+from proxyflox.messages import DataSpec, ModelSpec, SiteSetup
+from proxyflox.seeds import SAMPLING_STREAM, derive_seed
+from proxyflox.settings import ExperimentConfig, SiteOptions, merge_site_options
+from proxyflox.sites import Deployment, site_executor_labels
+from proxyflox.stores import BACKENDS
+from proxyflox.strategies import Strategy
+
+
+@dataclass(frozen=True)
+class Plan:
+    """One run's placement and sampling rules."""
+
+    num_sites: int
+    #: Executor label of each site: site i runs on site executor i mod n.
+    placement: tuple[str, ...]
+    aggregator: str
+    #: What every executor's apps are told (site executors and the aggregator), by label.
+    setups: Mapping[str, SiteSetup]
+    seed: int
+    clients_per_round: int | None = None
+    fraction: float | None = None
+    min_clients: int = 1
+
+    @property
+    def site_labels(self) -> list[str]:
+        """The site executors that host at least one site, in placement order."""
+        return list(dict.fromkeys(self.placement))
+
+    def setup_of(self, site: int) -> SiteSetup:
+        """What the executor of ``site`` is told."""
+        return self.setups[self.placement[site]]
+
+    def sample(self, strategy: Strategy, round_number: int) -> list[int]:
+        """The sites that train in a round: ``clients_per_round`` or ``fraction`` of all (at
+        least ``min_clients``), drawn from (seed, round) and chosen by the strategy."""
+        count = self.num_sites
+        if self.clients_per_round is not None:
+            count = min(self.clients_per_round, self.num_sites)
+        elif self.fraction is not None:
+            count = max(1, round(self.fraction * self.num_sites))
+        count = max(count, min(self.min_clients, self.num_sites))
+        rng = np.random.default_rng(derive_seed(self.seed, SAMPLING_STREAM, round_number))
+        return strategy.configure_train(round_number, list(range(self.num_sites)), rng, count)
+
+
+def plan_run(config: ExperimentConfig, deployment: Deployment) -> Plan:
+    """Check the experiment against the Parsl config and place its sites.
+
+    Raises:
+        ConfigError: naming the setting that does not fit (one line).
+    """
+    site_labels = site_executor_labels(deployment.parsl_config, config.aggregator)
+    num_sites = config.sites or len(site_labels)
+    if config.min_clients > num_sites:
+        raise ConfigError(f"min_clients: {config.min_clients} is more than the {num_sites} sites")
+    options = executor_options(config, deployment)
+    check_data_settings(config, options, site_labels)
+    return Plan(
+        num_sites=num_sites,
+        placement=tuple(site_labels[site % len(site_labels)] for site in range(num_sites)),
+        aggregator=config.aggregator,
+        setups={label: site_setup(config, opts, num_sites) for label, opts in options.items()},
+        seed=config.seed,
+        clients_per_round=config.clients_per_round,
+        fraction=config.fraction,
+        min_clients=config.min_clients,
+    )
+
+
+def executor_options(config: ExperimentConfig, deployment: Deployment) -> dict[str, SiteOptions]:
+    """Every executor's options: the store backend's, then the config module's, then the
+    experiment's ``site_options``, field by field."""
+    options = deployment.options_for(config)
+    if config.transfer != "proxy":
+        return options
+    backend = BACKENDS[config.store.backend].site_options(config.store)
+    return {
+        label: merge_site_options(backend.get(label, SiteOptions()), site)
+        for label, site in options.items()
+    }
+
+
+def site_setup(config: ExperimentConfig, options: SiteOptions, num_sites: int) -> SiteSetup:
+    """What one executor's apps need, its own options over the experiment's."""
+    return SiteSetup(
+        data=data_spec(config, num_sites, options.data_dir),
+        model=model_spec(config),
+        local_epochs=options.local_epochs or config.local_epochs,
+        batch_size=options.batch_size or config.batch_size,
+        lr=config.lr,
+        momentum=config.momentum,
+        torch_threads=options.torch_threads or config.torch_threads,
+        device=options.device or "cpu",
+        proxystore_home=options.proxystore_home,
+    )
+
+
+def data_spec(config: ExperimentConfig, num_sites: int, data_dir: str | None = None) -> DataSpec:
+    """How a site computes its data; ``data_dir`` is its own (default: the experiment's)."""
+    return DataSpec(
+        dataset=config.dataset,
+        data_dir=data_dir or config.data_dir,
+        download=config.download,
+        seed=config.seed,
+        test_fraction=config.test_fraction,
+        partition=config.partition,
+        alpha=config.alpha,
+        classes_per_site=config.classes_per_site,
+        samples_per_site=config.samples_per_site,
+        num_sites=num_sites,
+    )
+
+
+def model_spec(config: ExperimentConfig) -> ModelSpec:
+    """The experiment's architecture."""
+    return ModelSpec(config.model, config.depth, config.width_multiplier, config.seed)

@@ -1,0 +1,186 @@
+"""Parsl for one run: load and shut down, and the apps bound to the run's executors.
+
+The caller's Parsl ``Config`` is not changed: the run works on a shallow copy with its own
+``run_dir`` and ``retries``. Apps are pinned to executors when they are bound (as Parsl wants):
+one train app per site executor, init, aggregate and evaluate on the aggregator.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import copy
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import parsl
+from parsl import python_app
+from parsl.config import Config
+from parsl.dataflow.dflow import DataFlowKernel
+from proxystore.store.config import StoreConfig
+
+from proxyflox import apps
+from proxyflox.controller.planner import Plan
+from proxyflox.messages import (
+    AggregateResult,
+    AggregateTask,
+    Evaluation,
+    GlobalModel,
+    InitTask,
+    Instructions,
+    TrainResult,
+    UpdateRef,
+)
+from proxyflox.stores import key_of
+from proxyflox.strategies import Strategy
+
+#: How long the end of a run waits for apps still running (late sites) so that what they put
+#: can be evicted; what they put after that is left to the store directory's removal.
+LATE_APPS_GRACE_SECONDS = 120.0
+
+
+@dataclass(frozen=True)
+class AppBodies:
+    """The functions the apps run; benchmarks swap in timed bodies of the same signature."""
+
+    init: Callable[..., Any] = apps.init_global_model
+    train: Callable[..., Any] = apps.train_site
+    aggregate: Callable[..., Any] = apps.aggregate_updates
+    evaluate: Callable[..., Any] = apps.evaluate_global
+    evaluate_site: Callable[..., Any] = apps.evaluate_site
+
+
+class ParslRuntime:
+    """Loads Parsl on entry, shuts it down on every way out, and submits the run's apps.
+
+    Args:
+        parsl_config: The deployment's config (left unchanged).
+        plan: Placement and every executor's setup.
+        run_dir: Parsl's logs go to ``run_dir/parsl``.
+        store_config: The run's store (``None``: weights travel through Parsl).
+        retries: Parsl's retries of a failed app.
+        bodies: The app bodies.
+    """
+
+    def __init__(
+        self,
+        parsl_config: Config,
+        plan: Plan,
+        run_dir: Path,
+        store_config: StoreConfig | None,
+        retries: int,
+        bodies: AppBodies | None = None,
+    ) -> None:
+        self.plan = plan
+        self.store_config = store_config
+        self.config = copy.copy(parsl_config)
+        self.config.run_dir = str(run_dir / "parsl")
+        self.config.retries = retries
+        bodies = bodies or AppBodies()
+        on_aggregator = [plan.aggregator]
+        self._init = python_app(bodies.init, executors=on_aggregator)
+        self._aggregate = python_app(bodies.aggregate, executors=on_aggregator)
+        self._evaluate = python_app(bodies.evaluate, executors=on_aggregator)
+        self._train = {
+            label: python_app(bodies.train, executors=[label]) for label in plan.site_labels
+        }
+        self._evaluate_site = {
+            label: python_app(bodies.evaluate_site, executors=[label]) for label in plan.site_labels
+        }
+        self._submitted: list[Future[Any]] = []
+        self._dfk: DataFlowKernel | None = None
+
+    def __enter__(self) -> ParslRuntime:
+        self._dfk = parsl.load(self.config)
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if self._dfk is None:
+            return
+        if exc_type is None:
+            # A normal end lets apps still running (late sites) finish, so that what they put
+            # is evicted rather than left behind.
+            running = [future for future in self._submitted if not future.done()]
+            if running:
+                concurrent.futures.wait(running, timeout=LATE_APPS_GRACE_SECONDS)
+        self._dfk.cleanup()
+        self._dfk = None
+
+    def _submit(self, future: Future[Any]) -> Future[Any]:
+        self._submitted = [f for f in self._submitted if not f.done()]
+        self._submitted.append(future)
+        return future
+
+    # -- the apps --------------------------------------------------------------------------------
+
+    def init(self, resume_from: Path | None = None) -> Future[GlobalModel]:
+        """The initial global model, built (or read from a checkpoint) and put on the
+        aggregator."""
+        task = InitTask(
+            self.plan.setups[self.plan.aggregator],
+            self.store_config,
+            str(resume_from) if resume_from else None,
+        )
+        return self._submit(self._init(task))
+
+    def train(
+        self,
+        site: int,
+        round_number: int,
+        global_model: GlobalModel | Future[Any],
+        instructions: Instructions,
+    ) -> Future[TrainResult]:
+        """One site's local training from ``global_model``, on the site's executor."""
+        label = self.plan.placement[site]
+        return self._submit(
+            self._train[label](
+                self.plan.setups[label], site, round_number, global_model, instructions
+            )
+        )
+
+    def aggregate(
+        self,
+        strategy: Strategy,
+        global_model: GlobalModel,
+        updates: Sequence[TrainResult],
+        *,
+        staleness: Sequence[int] = (),
+        save_path: Path | None = None,
+        checkpoint_dir: Path | None = None,
+    ) -> Future[AggregateResult]:
+        """The next global model, on the aggregator. The task carries each update's key and
+        sample count, and the store config once."""
+        task = AggregateTask(
+            strategy=strategy,
+            global_weights=key_of(global_model.weights),
+            dataset=global_model.dataset,
+            state=key_of(global_model.state) if global_model.state is not None else None,
+            updates=tuple(
+                UpdateRef(key_of(update.update), update.num_samples, stale)
+                for update, stale in zip(updates, staleness or [0] * len(updates), strict=True)
+            ),
+            store_config=self.store_config,
+            proxystore_home=self.plan.setups[self.plan.aggregator].proxystore_home,
+            save_path=str(save_path) if save_path else None,
+            checkpoint_dir=str(checkpoint_dir) if checkpoint_dir else None,
+        )
+        return self._submit(self._aggregate(task))
+
+    def evaluate(self, global_model: GlobalModel) -> Future[Evaluation]:
+        """The global model on the global test set, on the aggregator."""
+        return self._submit(self._evaluate(self.plan.setups[self.plan.aggregator], global_model))
+
+    def evaluate_sites(self, global_model: GlobalModel) -> list[Future[Evaluation]]:
+        """Every site's local evaluation of the global model (``evaluate_sites: true``)."""
+        return [
+            self._submit(self._evaluate_site[label](self.plan.setups[label], site, global_model))
+            for site, label in enumerate(self.plan.placement)
+        ]

@@ -1,0 +1,69 @@
+"""The run's store as the controller holds it: opened once, evicted by key, cleaned up.
+
+The controller never puts or gets weights; it only hands the store's config to the apps and
+deletes objects by key once nobody needs them.
+"""
+
+from __future__ import annotations
+
+import shutil
+import uuid
+from collections.abc import Callable, Hashable, Sequence
+from pathlib import Path
+from typing import Any
+
+from proxystore.store.config import StoreConfig
+
+from proxyflox.errors import RunStoppedError
+from proxyflox.settings import StoreSettings
+from proxyflox.stores import BACKENDS, open_store
+
+
+class RunStore:
+    """One run's store.
+
+    Args:
+        settings: The experiment's ``store`` section.
+        run_dir: The run's directory (the file store's default home).
+        warn: Called with a line when objects are left behind.
+    """
+
+    def __init__(self, settings: StoreSettings, run_dir: Path, warn: Callable[[str], None]) -> None:
+        self.settings = settings
+        self.run_dir = run_dir
+        self.warn = warn
+        self.store = open_store(settings, run_dir, f"proxyflox-{uuid.uuid4().hex[:12]}")
+        self.config: StoreConfig = self.store.config()
+
+    def evict(self, keys: Sequence[Hashable]) -> None:
+        """Delete these objects.
+
+        Raises:
+            RunStoppedError: if the store cannot be reached any more.
+        """
+        try:
+            for key in keys:
+                self.store.evict(key)  # type: ignore[arg-type]  # a connector's own key
+        except Exception as err:
+            where = BACKENDS[self.settings.backend].describe(self.settings, self.run_dir)
+            raise RunStoppedError(
+                f"lost the store ({where}): {type(err).__name__}: {' '.join(str(err).split())}"
+            ) from err
+
+    def close(self) -> None:
+        """Close the store; remove the run's own store directory (it may hold objects of apps
+        an interrupt cut off), and leave a given shared directory alone, saying what is in it."""
+        self.store.close()
+        if self.settings.backend != "file":
+            return
+        if self.settings.directory is None:
+            shutil.rmtree(self.run_dir / "store", ignore_errors=True)
+            return
+        directory = Path(self.settings.directory)
+        leftovers = list(directory.iterdir()) if directory.is_dir() else []
+        if leftovers:
+            self.warn(f"warning: {len(leftovers)} object(s) of this run are left in {directory}")
+
+
+def no_store_evict(keys: Sequence[Any]) -> None:
+    """Direct transfer: nothing is stored, nothing to evict."""

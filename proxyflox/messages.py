@@ -1,0 +1,194 @@
+"""What the controller and the apps send each other: small typed records, never weights.
+
+A task carries only what the app that runs it reads. Weights travel as references: a ProxyStore
+proxy where a site resolves them (it finds its store through the proxy, so the store's config
+travels once, inside it), a bare store key where the aggregator reads many of them from the one
+store config of its task. With ``transfer: direct`` a reference is the arrays themselves (the
+benchmark baseline).
+
+Records that hold references compare by identity (``eq=False``): comparing two of them must never
+resolve a proxy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from proxystore.store.config import StoreConfig
+
+    from proxyflox.data.base import DatasetInfo
+    from proxyflox.strategies import Strategy
+
+#: A proxy of weights, a store key, or (direct transfer) the arrays themselves.
+WeightsRef = Any
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """How a site computes its own data where it runs (nothing but this is shipped to it)."""
+
+    dataset: str
+    data_dir: str | None
+    download: bool
+    seed: int
+    test_fraction: float
+    partition: str
+    alpha: float
+    classes_per_site: int
+    samples_per_site: int | None
+    num_sites: int
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """The architecture; weights are initialised from ``seed``."""
+
+    model: str
+    depth: int
+    width_multiplier: float
+    seed: int
+
+
+@dataclass(frozen=True)
+class SiteSetup:
+    """Everything an executor's apps need that does not change from round to round.
+
+    Built once per executor from the experiment and the executor's options.
+    """
+
+    data: DataSpec
+    model: ModelSpec
+    local_epochs: int
+    batch_size: int
+    lr: float
+    momentum: float
+    torch_threads: int
+    device: str
+    #: ProxyStore home of this executor's endpoint (``store.backend: endpoint``).
+    proxystore_home: str | None = None
+
+
+@dataclass(frozen=True)
+class Instructions:
+    """What the strategy tells every training site besides the global model."""
+
+    #: FedProx's proximal term (0: plain local SGD).
+    proximal_mu: float = 0.0
+    #: ``weights``: return the trained model; ``delta``: trained minus received.
+    update_kind: str = "weights"
+
+
+@dataclass(frozen=True, eq=False)
+class GlobalModel:
+    """A global model as the sites receive it."""
+
+    weights: WeightsRef
+    #: Input shape and classes (for ``folder``: the aggregator's), so every site builds the same
+    #: architecture and maps its class folders to the same labels.
+    dataset: DatasetInfo
+    #: The strategy's state (server momentum, moments) stored beside it, if it has any.
+    state: WeightsRef | None = None
+
+    def refs(self) -> Iterator[WeightsRef]:
+        """The stored objects this record refers to."""
+        yield self.weights
+        if self.state is not None:
+            yield self.state
+
+
+@dataclass(frozen=True, eq=False)
+class TrainResult:
+    """One site's update and what it measured; every time is taken on the site."""
+
+    site: int
+    update: WeightsRef
+    num_samples: int
+    #: Training samples per class: what ``partition.csv`` is made of.
+    class_counts: list[int]
+    train_loss: float
+    resolve_seconds: float
+    train_seconds: float
+    put_seconds: float
+    local_epochs: int
+    batch_size: int
+    device: str
+    host: str
+    pid: int
+    #: Network namespace (``net:[4026531840]``): tells apart sites that share a host name.
+    netns: str
+    batch_job: str
+
+    def refs(self) -> Iterator[WeightsRef]:
+        """The stored objects this record refers to."""
+        yield self.update
+
+
+@dataclass(frozen=True)
+class UpdateRef:
+    """What the aggregator reads of one site's update."""
+
+    update: WeightsRef
+    num_samples: int
+    #: Global versions published since the site's model was sent out (asynchronous runs).
+    staleness: int = 0
+
+
+@dataclass(frozen=True)
+class InitTask:
+    """Build the initial global model (or read it from a checkpoint) and put it."""
+
+    setup: SiteSetup
+    store_config: StoreConfig | None
+    resume_from: str | None = None
+
+
+@dataclass(frozen=True)
+class AggregateTask:
+    """Make the next global model from the current one and the updates."""
+
+    strategy: Strategy
+    global_weights: WeightsRef
+    dataset: DatasetInfo
+    state: WeightsRef | None
+    updates: tuple[UpdateRef, ...]
+    #: Where the updates are read and the new model is put (``None``: direct transfer).
+    store_config: StoreConfig | None
+    proxystore_home: str | None = None
+    #: Also write the new model there (the final ``model.pt``).
+    save_path: str | None = None
+    #: Also write the new model and the strategy state there (the round's checkpoint).
+    checkpoint_dir: str | None = None
+
+
+@dataclass(frozen=True, eq=False)
+class AggregateResult:
+    """The new global model and what making it cost, measured on the aggregator."""
+
+    model: GlobalModel
+    model_bytes: int
+    num_updates: int
+    aggregate_seconds: float
+    resolve_seconds: float
+    put_seconds: float
+    checkpoint_seconds: float
+
+    def refs(self) -> Iterator[WeightsRef]:
+        """The stored objects this record refers to."""
+        return self.model.refs()
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Accuracy and loss of a global model on some test data."""
+
+    accuracy: float
+    loss: float
+    evaluate_seconds: float
+    resolve_seconds: float
+    #: For a site's local evaluation: the site, its test samples and their classes.
+    site: int | None = None
+    num_samples: int = 0
+    class_counts: list[int] | None = None

@@ -1,0 +1,31 @@
+"""Between a torch model and :data:`~proxyflox.weights.Weights` (numpy arrays), losslessly."""
+
+from __future__ import annotations
+
+import os
+from collections import OrderedDict
+
+import numpy as np
+import torch
+from torch import nn
+
+from proxyflox.weights import Weights
+
+
+def weights_of(model: nn.Module) -> Weights:
+    """A detached copy of the model's parameters and buffers."""
+    return OrderedDict(
+        (name, tensor.detach().cpu().numpy().copy()) for name, tensor in model.state_dict().items()
+    )
+
+
+def load_weights(model: nn.Module, weights: Weights) -> None:
+    """Copy ``weights`` into ``model`` (strict: names and shapes must match)."""
+    model.load_state_dict({name: torch.from_numpy(np.asarray(a)) for name, a in weights.items()})
+
+
+def save_weights(weights: Weights, path: str) -> None:
+    """Write weights as a torch ``state_dict`` file, atomically (temp file + rename)."""
+    tmp = f"{path}.tmp"
+    torch.save(OrderedDict((k, torch.from_numpy(np.asarray(v))) for k, v in weights.items()), tmp)
+    os.replace(tmp, path)
