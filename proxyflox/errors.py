@@ -8,7 +8,8 @@ settings module.
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 
@@ -37,3 +38,15 @@ def unknown_choice(key: str, value: str, allowed: Iterable[str]) -> ConfigError:
         f"{key}: unknown value {value!r}{did_you_mean(value, allowed)}; "
         f"allowed: {', '.join(allowed)}"
     )
+
+
+@contextmanager
+def require_extra(package: str, extra: str, what: str) -> Iterator[None]:
+    """Turn a missing optional package into one line saying which extra installs it."""
+    try:
+        yield
+    except ModuleNotFoundError as err:
+        raise ConfigError(
+            f"{what} needs {package}, which is not installed here: "
+            f"pip install 'proxyflox[{extra}]'"
+        ) from err

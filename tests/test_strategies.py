@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import weakref
 from collections.abc import Iterator
 
@@ -205,3 +207,13 @@ def test_bad_strategy_settings_are_named(overrides: dict[str, str], message: str
     with pytest.raises(ConfigError) as caught:
         load_experiment(DEFAULT_EXPERIMENT, overrides)
     assert message in str(caught.value)
+
+
+def test_strategies_import_with_numpy_alone() -> None:
+    # The aggregator's math must not need a deep-learning framework.
+    done = subprocess.run(
+        [sys.executable, "-c", "import sys, proxyflox.strategies, proxyflox.weights;"
+         "print(sorted(m for m in ('torch', 'torchvision') if m in sys.modules))"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert done.stdout.strip() == "[]"

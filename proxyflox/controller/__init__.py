@@ -17,7 +17,7 @@ from proxyflox.controller.observer import ObserverList, ProgressLines, RunObserv
 from proxyflox.controller.planner import Plan, plan_run
 from proxyflox.controller.rounds import run_rounds
 from proxyflox.controller.runtime import AppBodies
-from proxyflox.errors import RunStoppedError
+from proxyflox.errors import RunStoppedError, require_extra
 from proxyflox.settings import ExperimentConfig
 from proxyflox.sites import Deployment
 from proxyflox.strategies import build_strategy
@@ -94,8 +94,8 @@ def run_federation(
 def _write_plots(run_dir: Path, progress: Callable[[str], None]) -> None:
     """The run's PNG plots; a plotting failure only warns, the CSV files are the results."""
     try:
-        from proxyflox.plot import plot_run  # matplotlib loads only when a run has finished
-
+        with require_extra("matplotlib", "plot", "plotting"):
+            from proxyflox.plot import plot_run  # matplotlib loads once a run has finished
         plot_run(run_dir)
     except Exception as err:
         progress(f"warning: plots not written: {type(err).__name__}: {err}")

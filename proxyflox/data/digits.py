@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
-from sklearn.datasets import load_digits
-from sklearn.model_selection import train_test_split
 
 from proxyflox.data.base import ArrayDataset, DatasetInfo, DatasetSplits
+from proxyflox.errors import require_extra
 
 INFO = DatasetInfo(input_shape=(1, 8, 8), num_classes=10)
 
@@ -16,6 +15,10 @@ def load_digits_splits(seed: int, test_fraction: float) -> DatasetSplits:
 
     The split is seeded: digits has no official test split, so ``test_fraction`` makes one.
     """
+    # scikit-learn is an extra: a site that trains on other data does not install it.
+    with require_extra("scikit-learn", "digits", "dataset digits"):
+        from sklearn.datasets import load_digits
+        from sklearn.model_selection import train_test_split
     bunch = load_digits()
     x = (bunch.images / 16.0).astype(np.float32)[:, None, :, :]
     y = bunch.target.astype(np.int64)
