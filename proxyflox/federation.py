@@ -27,8 +27,8 @@ from parsl.dataflow.dflow import DataFlowKernel
 from proxystore.store.base import Store
 
 from proxyflox.apps import bind_apps
-from proxyflox.data import check_data_settings
 from proxyflox.errors import ConfigError, RunStoppedError
+from proxyflox.preflight import check_data_settings
 from proxyflox.results import PARTITION_FILE, SITE_COLUMNS, CsvLog, write_partition
 from proxyflox.settings import ExperimentConfig, SiteOptions, merge_site_options
 from proxyflox.sites import Deployment, assign_sites, site_executor_labels

@@ -15,9 +15,9 @@ from pathlib import Path
 from types import FrameType
 
 from proxyflox.checkpoints import ResumePoint, find_resume_point, truncate_round_logs
-from proxyflox.data import check_data_settings
 from proxyflox.errors import ConfigError
 from proxyflox.inventory import INVENTORY_ENV
+from proxyflox.preflight import check_data_settings
 from proxyflox.results import create_run_dir
 from proxyflox.rounds import RunStoppedError, run_federation
 from proxyflox.settings import add_override_options, load_experiment, overrides_from_args, to_yaml
