@@ -31,7 +31,7 @@ import yaml
 from parsl.addresses import address_by_hostname, address_by_interface
 
 from proxyflox.errors import ConfigError, did_you_mean
-from proxyflox.settings import DEVICES
+from proxyflox.schema import DEVICES
 
 MODES = ("pilot", "allocation")
 S = TypeVar("S")

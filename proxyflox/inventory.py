@@ -81,14 +81,7 @@ class Inventory:
 
     def site_options(self) -> dict[str, dict[str, Any]]:
         """``{label: {option: value}}`` in the shape a config module's ``site_options`` takes."""
-        return {
-            pi.name: {
-                f.name: getattr(pi.site_options, f.name)
-                for f in fields(SiteOptions)
-                if getattr(pi.site_options, f.name) is not None
-            }
-            for pi in self.pis
-        }
+        return {pi.name: pi.site_options.model_dump(exclude_none=True) for pi in self.pis}
 
 
 def inventory_path() -> Path:

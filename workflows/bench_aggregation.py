@@ -40,8 +40,8 @@ from typing import Any
 import numpy as np
 
 from proxyflox.bench import DOCS, MODEL_SPECS, median, model_weights, print_machine, write_csv
-from proxyflox.settings import StoreSettings
 from proxyflox.stores import open_store, put_weights
+from proxyflox.stores.settings import StoreSettings
 from proxyflox.weights import Weights, weights_nbytes
 
 PEAK_TARGET = 3.0  # peak memory at most this many model sizes
@@ -61,8 +61,7 @@ def child_aggregate(updates_file: Path, count: int, trace: bool) -> dict[str, An
     from proxystore.store.utils import get_key
 
     from proxyflox.apps import aggregate_updates
-    from proxyflox.settings import StrategySettings
-    from proxyflox.strategies import build_strategy
+    from proxyflox.strategies import StrategySettings, build_strategy
 
     with open(updates_file, "rb") as file:
         saved = pickle.load(file)

@@ -29,7 +29,6 @@ import shutil
 import sys
 import tempfile
 import time
-from dataclasses import replace
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
@@ -47,6 +46,7 @@ from proxyflox.bench import (
     write_mnist_like,
 )
 from proxyflox.data import TEST, load_split
+from proxyflox.schema import replace
 from proxyflox.settings import ExperimentConfig, load_experiment
 from proxyflox.sites import load_deployment
 from proxyflox.strategies import Update, weighted_mean

@@ -26,15 +26,16 @@ import argparse
 import shutil
 import sys
 import tempfile
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from proxyflox.bench import DOCS, median, print_machine, run_timed, write_csv, write_mnist_like
-from proxyflox.settings import ExperimentConfig, StoreSettings
+from proxyflox.schema import replace
+from proxyflox.settings import ExperimentConfig
 from proxyflox.sites import load_deployment
+from proxyflox.stores.settings import StoreSettings
 
 OVERHEAD_TARGET = 1.0  # seconds per round
 RSS_TOLERANCE_MB = 5.0  # "flat": at most this much growth over the run after round 2

@@ -29,7 +29,7 @@ import tempfile
 import time
 import uuid
 from contextlib import ExitStack
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -53,9 +53,11 @@ from proxyflox.bench import (
     write_csv,
 )
 from proxyflox.federation import aggregation_input
-from proxyflox.settings import ExperimentConfig, SiteOptions, StoreSettings, merge_site_options
+from proxyflox.schema import replace
+from proxyflox.settings import ExperimentConfig, SiteOptions, merge_site_options
 from proxyflox.sites import load_deployment, site_executor_labels
 from proxyflox.stores import BACKENDS, evict_weights, open_store
+from proxyflox.stores.settings import StoreSettings
 from proxyflox.strategies import build_strategy
 
 MODES = ("direct", "file", "redis", "endpoint")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from proxystore.connectors.protocols import Connector
 from proxystore.proxy import Proxy, get_factory
@@ -20,12 +20,12 @@ from proxystore.store.config import StoreConfig
 from proxystore.store.utils import get_key
 
 from proxyflox.errors import StoreUnreachableError
-from proxyflox.settings import SiteOptions, StoreSettings
 from proxyflox.stores.access_log import AccessLogConnector
 from proxyflox.stores.backend import StoreBackend
 from proxyflox.stores.endpoint import EndpointBackend, use_proxystore_home
 from proxyflox.stores.file import FileBackend
 from proxyflox.stores.redis import RedisBackend
+from proxyflox.stores.settings import StoreSettings
 from proxyflox.weights import Weights
 
 __all__ = [
@@ -71,7 +71,14 @@ def open_store(settings: StoreSettings, run_dir: Path, name: str) -> Store[Any]:
     return Store(name, connector, cache_size=0, populate_target=True, register=True)
 
 
-def enter_site(options: SiteOptions) -> None:
+class SiteHome(Protocol):
+    """What :func:`enter_site` reads of a site's options."""
+
+    @property
+    def proxystore_home(self) -> str | None: ...
+
+
+def enter_site(options: SiteHome) -> None:
     """Prepare this process for the store, as this site's options say (call first in an app)."""
     use_proxystore_home(options.proxystore_home)
 
