@@ -24,6 +24,7 @@ import yaml
 
 from proxyflox.errors import ConfigError
 from proxyflox.settings import ExperimentConfig, experiment_from_dict
+from proxyflox.strategies import STRATEGIES
 from proxyflox.weights import Weights
 
 CHECKPOINTS = "checkpoints"
@@ -140,7 +141,7 @@ def find_resume_point(run_dir: str | Path) -> ResumePoint:
         raise ConfigError(f"{where}/config.yaml is not a ProxyFlox run's settings")
     parsl_config = str(data.pop("parsl_config"))
     config = experiment_from_dict(data)
-    if config.strategy.name in ("fedasync", "fedbuff"):
+    if STRATEGIES[config.strategy.name].asynchronous:
         raise ConfigError(f"{where}: asynchronous runs ({config.strategy.name}) cannot be resumed")
     latest = run_dir / CHECKPOINTS / LATEST
     if not latest.is_file():

@@ -31,13 +31,22 @@ def did_you_mean(word: str, choices: Iterable[str] | Mapping[str, Any]) -> str:
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 
+def short_repr(value: Any, limit: int = 80) -> str:
+    """``repr(value)``, cut to ``limit`` characters: a message never prints a huge value."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[: limit - 3]}..."
+
+
+def unknown_value(value: str, allowed: Iterable[str]) -> str:
+    """``"unknown value 'x' (did you mean 'y'?); allowed: ..."``, the key left to the caller."""
+    allowed = list(allowed)
+    suggestion = did_you_mean(value, allowed)
+    return f"unknown value {short_repr(value)}{suggestion}; allowed: {', '.join(allowed)}"
+
+
 def unknown_choice(key: str, value: str, allowed: Iterable[str]) -> ConfigError:
     """The error for a name that is not one of ``allowed`` (with a suggestion if one is close)."""
-    allowed = list(allowed)
-    return ConfigError(
-        f"{key}: unknown value {value!r}{did_you_mean(value, allowed)}; "
-        f"allowed: {', '.join(allowed)}"
-    )
+    return ConfigError(f"{key}: {unknown_value(value, allowed)}")
 
 
 @contextmanager
@@ -47,6 +56,5 @@ def require_extra(package: str, extra: str, what: str) -> Iterator[None]:
         yield
     except ModuleNotFoundError as err:
         raise ConfigError(
-            f"{what} needs {package}, which is not installed here: "
-            f"pip install 'proxyflox[{extra}]'"
+            f"{what} needs {package}, which is not installed here: pip install 'proxyflox[{extra}]'"
         ) from err

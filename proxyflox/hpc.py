@@ -1,6 +1,6 @@
 """Settings of the HPC config modules (``parsl_configs/slurm.py``, ``parsl_configs/polaris.py``).
 
-Each module has a settings dataclass; values come from, in increasing priority: its defaults, a
+Each module has a settings model; values come from, in increasing priority: its defaults, a
 YAML file named by ``PROXYFLOX_<NAME>`` (e.g. ``PROXYFLOX_SLURM=slurm.yaml``), and environment
 variables ``PROXYFLOX_<NAME>_<KEY>`` (e.g. ``PROXYFLOX_SLURM_PARTITION=debug``). A config module
 cannot take arguments, so this is how a user or a batch script sets them.
@@ -16,105 +16,131 @@ Two modes:
 
 from __future__ import annotations
 
-import dataclasses
 import ipaddress
 import os
 import subprocess
-import types
-import typing
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
-import yaml
 from parsl.addresses import address_by_hostname, address_by_interface
+from pydantic import AfterValidator, BeforeValidator, Field
 
-from proxyflox.errors import ConfigError, did_you_mean
-from proxyflox.settings import DEVICES
+from proxyflox.errors import ConfigError, did_you_mean, short_repr
+from proxyflox.schema import (
+    Bool,
+    Count,
+    Device,
+    Int,
+    Maybe,
+    Settings,
+    Str,
+    one_of,
+    read_yaml_mapping,
+    validated,
+)
 
 MODES = ("pilot", "allocation")
-S = TypeVar("S")
 
 
-@dataclass(frozen=True)
-class SlurmSettings:
+def _sexagesimal(value: Any) -> Any:
+    # YAML 1.1 reads 02:30:00 as the integer 9000 (base 60).
+    if isinstance(value, int) and not isinstance(value, bool):
+        hours, rest = divmod(value, 3600)
+        return f"{hours:02d}:{rest // 60:02d}:{rest % 60:02d}"
+    return value
+
+
+def _hh_mm_ss(value: str) -> str:
+    parts = value.split(":")
+    if len(parts) != 3 or not all(part.isdigit() for part in parts):
+        raise ValueError(f"must be HH:MM:SS, got {short_repr(value)}")
+    return value
+
+
+def _absolute(value: str) -> str:
+    if not value.startswith("/"):
+        raise ValueError(f"must be an absolute path, got {short_repr(value)}")
+    return value
+
+
+# The last before-validator runs first: a YAML integer is turned back into HH:MM:SS before Str
+# would make "9000" of it.
+Walltime = Annotated[Str, AfterValidator(_hh_mm_ss), BeforeValidator(_sexagesimal)]
+
+
+class BatchSettings(Settings):
+    """What the settings of both batch-system config modules have."""
+
+    mode: Annotated[Str, one_of(MODES)] = "pilot"
+    #: Site executors (pilot mode): each is one batch job of ``nodes`` nodes.
+    sites: Count = 1
+    nodes: Count = 1
+    account: Maybe[Str] = None
+    #: Per job (HH:MM:SS); it must cover the whole run, since a site keeps its job for the run.
+    walltime: Walltime = "01:00:00"
+    #: Shell lines run in the job before the worker pool (``module load ...``).
+    worker_init: Str = ""
+    #: Extra scheduler lines (``#SBATCH ...``, ``#PBS ...``).
+    scheduler_options: Str = ""
+    #: Interpreter on the compute nodes (default: the controller's, for a shared filesystem).
+    python: Maybe[Annotated[Str, AfterValidator(_absolute)]] = None
+    #: Controller address the compute nodes reach (default: Parsl tries all of this host's).
+    address: Maybe[Str] = None
+    #: ... else the network interface whose address that is (e.g. ``ib0``).
+    interface: Maybe[Str] = None
+    device: Maybe[Device] = None
+    torch_threads: Maybe[Count] = None
+
+
+class SlurmSettings(BatchSettings):
     """``parsl_configs/slurm.py``: SlurmProvider + SrunLauncher."""
 
-    mode: str = "pilot"
-    #: Site executors (pilot mode): each is one batch job of ``nodes`` nodes.
-    sites: int = 1
-    nodes: int = 1
-    partition: str | None = None
-    account: str | None = None
-    qos: str | None = None
-    #: Per job (HH:MM:SS); it must cover the whole run, since a site keeps its job for the run.
-    walltime: str = "01:00:00"
-    #: Shell lines run in the job before the worker pool (``module load ...``).
-    worker_init: str = ""
-    #: Extra ``#SBATCH`` lines.
-    scheduler_options: str = ""
-    exclusive: bool = True
+    partition: Maybe[Str] = None
+    qos: Maybe[Str] = None
+    exclusive: Bool = True
     #: Worker processes per node; each trains one site at a time.
-    workers_per_node: int = 1
-    #: Interpreter on the compute nodes (default: the controller's, for a shared filesystem).
-    python: str | None = None
-    #: Controller address the compute nodes reach (default: Parsl tries all of this host's).
-    address: str | None = None
-    #: ... else the network interface whose address that is (e.g. ``ib0``).
-    interface: str | None = None
-    device: str | None = None
-    torch_threads: int | None = None
+    workers_per_node: Count = 1
 
 
-@dataclass(frozen=True)
-class PbsSettings:
+class PbsSettings(BatchSettings):
     """``parsl_configs/polaris.py``: PBSProProvider + MpiExecLauncher, as on ALCF's Polaris."""
 
-    mode: str = "pilot"
-    sites: int = 1
-    nodes: int = 1
-    account: str | None = None
-    queue: str = "debug"
-    walltime: str = "01:00:00"
+    queue: Str = "debug"
     #: Polaris requires the filesystems a job uses (``#PBS -l filesystems=...``).
-    filesystems: str = "home:eagle"
-    worker_init: str = ""
-    scheduler_options: str = ""
+    filesystems: Str = "home:eagle"
     #: Appended to ``#PBS -l select=N:ncpus=C``.
-    select_options: str = "ngpus=4"
-    cpus_per_node: int = 64
+    select_options: Str = "ngpus=4"
+    cpus_per_node: Count = 64
     #: One worker per GPU, each seeing only its own (``CUDA_VISIBLE_DEVICES``); 0: one worker.
-    gpus_per_node: int = 4
-    cpu_affinity: str = "alternating"
-    python: str | None = None
-    address: str | None = None
+    gpus_per_node: Annotated[Int, Field(ge=0)] = 4
+    cpu_affinity: Str = "alternating"
     #: Polaris's high-speed network, whose address the compute nodes reach (unless ``address``).
-    interface: str | None = "bond0"
-    device: str | None = "cuda"
-    torch_threads: int | None = None
+    interface: Maybe[Str] = "bond0"
+    device: Maybe[Device] = "cuda"
+
+
+S = TypeVar("S", bound=BatchSettings)
 
 
 def load_settings(cls: type[S], name: str, environ: Mapping[str, str] | None = None) -> S:
     """Defaults < YAML file ``$PROXYFLOX_<NAME>`` < ``$PROXYFLOX_<NAME>_<KEY>``, validated."""
     environ = os.environ if environ is None else environ
     prefix = f"PROXYFLOX_{name.upper()}"
-    known = [f.name for f in fields(cls)]  # type: ignore[arg-type]
+    known = list(cls.model_fields)
     data: dict[str, Any] = {}
-    source: dict[str, str] = {}
+    source: dict[str, str] = {}  # key -> where its value came from, as messages name it
     if environ.get(prefix):
         path = Path(environ[prefix]).expanduser()
-        data = _read_yaml(path, prefix)
+        missing = f"{prefix}: settings file {path} does not exist"
+        data = read_yaml_mapping(path, str(path), missing=missing, holds="of settings")
         for key in data:
             if key not in known:
                 raise ConfigError(
-                    f"{path}: unknown key {key!r}{did_you_mean(str(key), known)}; "
+                    f"{path}: unknown key {short_repr(key)}{did_you_mean(str(key), known)}; "
                     f"known: {', '.join(known)}"
                 )
             source[key] = f"{path}: {key}"
-        if isinstance(data.get("walltime"), int):  # YAML 1.1 reads 02:30:00 as 9000 (base 60)
-            hours, rest = divmod(data["walltime"], 3600)
-            data["walltime"] = f"{hours:02d}:{rest // 60:02d}:{rest % 60:02d}"
     for variable, value in environ.items():
         if not variable.startswith(f"{prefix}_"):
             continue
@@ -127,81 +153,10 @@ def load_settings(cls: type[S], name: str, environ: Mapping[str, str] | None = N
             )
         data[key] = value
         source[key] = variable
-    hints = typing.get_type_hints(cls)
-    values = {key: _convert(source[key], value, hints[key]) for key, value in data.items()}
-    settings = cls(**values)
-    _validate(settings, source, name)
-    return settings
+    return validated(cls, data, lambda key: source.get(key, f"{name} setting {key}"))
 
 
-def _read_yaml(path: Path, variable: str) -> dict[str, Any]:
-    if not path.is_file():
-        raise ConfigError(f"{variable}: settings file {path} does not exist")
-    try:
-        loaded = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ConfigError(f"{path} is not valid YAML{at}: {getattr(err, 'problem', '')}") from None
-    if loaded is None:
-        return {}
-    if not isinstance(loaded, dict):
-        raise ConfigError(f"{path} must hold a mapping of settings, got {type(loaded).__name__}")
-    return loaded
-
-
-def _convert(where: str, value: Any, hint: Any) -> Any:
-    """A YAML value or an environment string as ``hint`` (str, int, bool, or Optional of those)."""
-    if typing.get_origin(hint) in (typing.Union, types.UnionType):
-        if value is None or (isinstance(value, str) and value.lower() in ("", "null", "none")):
-            return None
-        (hint,) = [a for a in typing.get_args(hint) if a is not type(None)]
-    if hint is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "yes", "1", "false", "no", "0"):
-            return value.lower() in ("true", "yes", "1")
-        raise ConfigError(f"{where}: must be true or false, got {value!r}")
-    if hint is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.strip().lstrip("-").isdigit():
-            return int(value)
-        raise ConfigError(f"{where}: must be an integer, got {value!r}")
-    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-        raise ConfigError(f"{where}: must be a string, got {value!r}")
-    return str(value)
-
-
-def _validate(settings: Any, source: Mapping[str, str], name: str) -> None:
-    def where(key: str) -> str:
-        return source.get(key, f"{name} setting {key}")
-
-    if settings.mode not in MODES:
-        raise ConfigError(
-            f"{where('mode')}: unknown value {settings.mode!r}"
-            f"{did_you_mean(settings.mode, MODES)}; allowed: {', '.join(MODES)}"
-        )
-    for key in ("sites", "nodes"):
-        if getattr(settings, key) < 1:
-            raise ConfigError(f"{where(key)}: must be at least 1, got {getattr(settings, key)}")
-    for f in dataclasses.fields(settings):
-        value = getattr(settings, f.name)
-        least = 0 if f.name == "gpus_per_node" else 1
-        if f.name.endswith(("_per_node", "threads")) and value is not None and value < least:
-            raise ConfigError(f"{where(f.name)}: must be at least {least}, got {value}")
-    parts = settings.walltime.split(":")
-    if len(parts) != 3 or not all(p.isdigit() for p in parts):
-        raise ConfigError(f"{where('walltime')}: must be HH:MM:SS, got {settings.walltime!r}")
-    if settings.python is not None and not settings.python.startswith("/"):
-        raise ConfigError(f"{where('python')}: must be an absolute path, got {settings.python!r}")
-    if settings.device is not None and settings.device.split(":", 1)[0] not in DEVICES:
-        raise ConfigError(
-            f"{where('device')}: unknown value {settings.device!r}; allowed: {', '.join(DEVICES)}"
-        )
-
-
-def controller_address(settings: Any, name: str) -> str:
+def controller_address(settings: BatchSettings, name: str) -> str:
     """The address the worker pools connect back to: ``address``, else the address of
     ``interface``, else what this host's name resolves to.
 
@@ -216,8 +171,8 @@ def controller_address(settings: Any, name: str) -> str:
         except OSError:
             raise ConfigError(
                 f"{variable}_INTERFACE: this machine has no network interface "
-                f"{settings.interface!r} with an IPv4 address; set {variable}_INTERFACE or "
-                f"{variable}_ADDRESS to what the compute nodes reach"
+                f"{short_repr(settings.interface)} with an IPv4 address; set "
+                f"{variable}_INTERFACE or {variable}_ADDRESS to what the compute nodes reach"
             ) from None
     try:
         address = address_by_hostname()
@@ -231,7 +186,7 @@ def controller_address(settings: Any, name: str) -> str:
     return address
 
 
-def site_options(settings: Any, labels: list[str]) -> dict[str, dict[str, Any]]:
+def site_options(settings: BatchSettings, labels: list[str]) -> dict[str, dict[str, Any]]:
     """The settings' ``device`` and ``torch_threads`` for every site executor."""
     options = {
         key: getattr(settings, key)

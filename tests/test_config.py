@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from proxyflox.errors import ConfigError
-from proxyflox.settings import ExperimentConfig, load_experiment, to_yaml
+from proxyflox.settings import ExperimentConfig, SiteOptions, load_experiment, to_yaml
 from tests.helpers import DEFAULT_EXPERIMENT, run_cli
 
 
@@ -52,6 +52,11 @@ def test_resolved_settings_round_trip_through_yaml(tmp_path: Path) -> None:
         ({"store.backend": "s3"}, "store.backend: unknown value 's3'"),
         ({"store.access_log": "maybe"}, "store.access_log: must be true or false"),
         ({"store": "file"}, "store: must be a section"),
+        ({"lr": "nan"}, "lr: must be a finite number, got nan"),
+        ({"alpha": "inf"}, "alpha: must be a finite number, got inf"),
+        ({"round_deadline": "nan"}, "round_deadline: must be a finite number, got nan"),
+        ({"strategy.server_lr": "nan"}, "strategy.server_lr: must be a finite number, got nan"),
+        ({"strategy.proximal_mu": "inf"}, "strategy.proximal_mu: must be a finite number, got inf"),
     ],
 )
 def test_bad_settings_name_key_value_and_what_is_allowed(
@@ -61,6 +66,34 @@ def test_bad_settings_name_key_value_and_what_is_allowed(
         load_experiment(DEFAULT_EXPERIMENT, overrides)
     assert message in str(caught.value)
     assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize("key", ["rounds", "dataset", "name", "store.backend", "lr"])
+def test_a_huge_value_is_cut_short_in_the_message(key: str) -> None:
+    huge = "x" * 9_999 + "/"
+    with pytest.raises(ConfigError) as caught:
+        load_experiment(DEFAULT_EXPERIMENT, {key: huge})
+    message = str(caught.value)
+    assert message.startswith(f"{key}: ")
+    assert "'xxxxxxxx" in message and "..." in message
+    assert len(message) < 250
+    assert "\n" not in message
+
+
+def test_a_key_given_twice_in_the_file_is_an_error(tmp_path: Path) -> None:
+    path = tmp_path / "twice.yaml"
+    path.write_text("name: twice\nrounds: 3\nstore:\n  backend: file\nrounds: 4\n")
+    with pytest.raises(ConfigError) as caught:
+        load_experiment(path)
+    assert str(caught.value) == f"experiment file {path}: duplicate key 'rounds' at line 5"
+    # The same key in two sections, or a key overriding a merged one (<<), is fine.
+    path.write_text(
+        "alpha: 0.3\nstrategy: {alpha: 0.5}\n"
+        "site_options: {a: &a {batch_size: 1, device: cpu}, b: {<<: *a, batch_size: 2}}\n"
+    )
+    config = load_experiment(path)
+    assert (config.alpha, config.strategy.alpha) == (0.3, 0.5)
+    assert config.site_options["b"] == SiteOptions(batch_size=2, device="cpu")
 
 
 def test_malformed_yaml_names_the_line(tmp_path: Path) -> None:

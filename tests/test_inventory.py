@@ -178,6 +178,17 @@ def test_invalid_yaml_names_the_line(tmp_path: Path) -> None:
         load_inventory(write(tmp_path, "pis:\n  pi-1: {host: [x}\n"))
 
 
+def test_a_pi_given_twice_is_an_error(tmp_path: Path, files: dict[str, str]) -> None:
+    text = yaml.safe_dump(two_pis(files))
+    assert "  pi-2:\n" in text
+    twice = text.replace("  pi-2:\n", "  pi-1:\n")
+    line = twice.splitlines().index("  pi-1:", twice.splitlines().index("  pi-1:") + 1) + 1
+    with pytest.raises(ConfigError) as err:
+        load_inventory(write(tmp_path, twice))
+    path = tmp_path / "pis.yaml"
+    assert str(err.value) == f"inventory {path}: duplicate key 'pi-1' at line {line}"
+
+
 def test_cli_without_an_inventory_says_how_to_give_one(tmp_path: Path) -> None:
     done = run_cli("--config", "pis.py", "--inventory", str(tmp_path / "nope.yaml"), cwd=tmp_path)
     assert done.returncode == 2

@@ -26,9 +26,10 @@ class Stored:
         return self.keys
 
 
-class Evictions(list[Hashable]):
+class Evictions(list[str]):
     def __call__(self, keys: Sequence[Hashable]) -> None:
-        self.extend(keys)
+        assert all(isinstance(key, str) for key in keys)
+        self.extend(str(key) for key in keys)
 
 
 @pytest.fixture
@@ -157,7 +158,7 @@ def test_asynchronous_versions_live_while_any_app_trains_from_them(
     ledger.expect(slow, uses=[version0])
     fast = ledger.expect(finished(Stored(("u-fast",))), uses=[version0])
     update = ledger.claim(fast)
-    version1 = ledger.claim(finished(Stored(("v1",))))  # aggregated the fast update
+    ledger.claim(finished(Stored(("v1",))))  # aggregated the fast update
     ledger.release(version0, update)
     assert evicted == ["u-fast"]  # v0 stays: the slow site trains from it
     slow.set_result(Stored(("u-slow",)))

@@ -14,8 +14,8 @@ import pytest
 import torch
 from proxystore.connectors.endpoint import EndpointConnector, EndpointKey
 
-from proxyflox.settings import REDIS_PASSWORD_ENV
 from proxyflox.stores.endpoint import read_endpoints_file, use_proxystore_home
+from proxyflox.stores.redis import REDIS_PASSWORD_ENV
 from tests.helpers import CLI, bare_env, only_run_dir, run_cli
 from tests.servers import local_endpoints, redis_keys, redis_server
 

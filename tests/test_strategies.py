@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from proxyflox.errors import ConfigError
-from proxyflox.settings import StrategySettings, load_experiment
+from proxyflox.settings import load_experiment
 from proxyflox.strategies import (
     FedAdagrad,
     FedAdam,
@@ -21,6 +21,7 @@ from proxyflox.strategies import (
     FedBuff,
     FedProx,
     FedYogi,
+    StrategySettings,
     Update,
     build_strategy,
     weighted_mean,

@@ -11,9 +11,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from proxyflox.data import check_data_settings
 from proxyflox.errors import ConfigError
 from proxyflox.messages import DataSpec, ModelSpec, SiteSetup
+from proxyflox.preflight import check_data_settings
 from proxyflox.seeds import SAMPLING_STREAM, derive_seed
 from proxyflox.settings import ExperimentConfig, SiteOptions, merge_site_options
 from proxyflox.sites import Deployment, site_executor_labels

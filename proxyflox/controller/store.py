@@ -15,8 +15,8 @@ from typing import Any
 from proxystore.store.config import StoreConfig
 
 from proxyflox.errors import RunStoppedError
-from proxyflox.settings import StoreSettings
 from proxyflox.stores import BACKENDS, open_store
+from proxyflox.stores.settings import StoreSettings
 
 
 class RunStore:

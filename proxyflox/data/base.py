@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -52,6 +53,44 @@ class DatasetSplits:
     @property
     def input_shape(self) -> tuple[int, ...]:
         return tuple(self.train.x.shape[1:])
+
+
+#: (data_dir, train, seed, test_fraction, download) -> one split of a dataset, whole.
+SplitLoader = Callable[[str | None, bool, int, float, bool], ArrayDataset]
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """An entry of the dataset registry: how to read a dataset, and what is known beforehand."""
+
+    #: (data_dir) -> input shape and classes; the built-in datasets know them without reading.
+    info: Callable[[str | None], DatasetInfo]
+    load: SplitLoader
+    #: (test_fraction) -> training samples, where known without reading any file.
+    train_size: Callable[[float], int | None] = lambda test_fraction: None
+    #: Read from ``data_dir``, which every machine that reads the dataset then needs.
+    reads_data_dir: bool = True
+    #: Each machine's own data, not partitioned: a site per site executor.
+    local: bool = False
+
+
+def torchvision_dataset(
+    load: Callable[..., ArrayDataset], info: DatasetInfo, train_size: int
+) -> Dataset:
+    """The registry entry of a dataset torchvision reads from ``data_dir``.
+
+    Args:
+        load: ``load(data_dir, *, train, download)``.
+        info: Input shape and classes.
+        train_size: Samples in the official training split.
+    """
+    return Dataset(
+        info=lambda data_dir: info,
+        load=lambda data_dir, train, seed, test_fraction, download: load(
+            data_dir, train=train, download=download
+        ),
+        train_size=lambda test_fraction: train_size,
+    )
 
 
 def images_to_array(images: np.ndarray, *, channels_last: bool = False) -> np.ndarray:

@@ -6,7 +6,13 @@ from __future__ import annotations
 import numpy as np
 from torchvision.datasets import CIFAR10
 
-from proxyflox.data.base import ArrayDataset, DatasetInfo, images_to_array, open_torchvision
+from proxyflox.data.base import (
+    ArrayDataset,
+    DatasetInfo,
+    images_to_array,
+    open_torchvision,
+    torchvision_dataset,
+)
 
 INFO = DatasetInfo(input_shape=(3, 32, 32), num_classes=10)
 
@@ -30,3 +36,6 @@ def load_cifar10(data_dir: str | None, *, train: bool, download: bool) -> ArrayD
     return ArrayDataset(
         images_to_array(dataset.data, channels_last=True), np.asarray(dataset.targets, np.int64)
     )
+
+
+DATASET = torchvision_dataset(load_cifar10, INFO, train_size=50_000)

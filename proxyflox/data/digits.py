@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
-from proxyflox.data.base import ArrayDataset, DatasetInfo, DatasetSplits
+from proxyflox.data.base import ArrayDataset, Dataset, DatasetInfo, DatasetSplits
 from proxyflox.errors import require_extra
 
 INFO = DatasetInfo(input_shape=(1, 8, 8), num_classes=10)
+SIZE = 1797
 
 
 def load_digits_splits(seed: int, test_fraction: float) -> DatasetSplits:
@@ -30,3 +33,19 @@ def load_digits_splits(seed: int, test_fraction: float) -> DatasetSplits:
         test=ArrayDataset(x_test, y_test),
         num_classes=INFO.num_classes,
     )
+
+
+def _load_split(
+    data_dir: str | None, train: bool, seed: int, test_fraction: float, download: bool
+) -> ArrayDataset:
+    splits = load_digits_splits(seed=seed, test_fraction=test_fraction)
+    return splits.train if train else splits.test
+
+
+DATASET = Dataset(
+    info=lambda data_dir: INFO,
+    load=_load_split,
+    # What is left after train_test_split takes ceil(test_fraction * SIZE) for the test split.
+    train_size=lambda test_fraction: SIZE - math.ceil(test_fraction * SIZE),
+    reads_data_dir=False,
+)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torchvision.datasets import FashionMNIST
 
-from proxyflox.data.base import ArrayDataset, DatasetInfo
+from proxyflox.data.base import ArrayDataset, DatasetInfo, torchvision_dataset
 from proxyflox.data.mnist import load_mnist_family
 
 INFO = DatasetInfo(input_shape=(1, 28, 28), num_classes=10)
@@ -15,3 +15,6 @@ def load_fashion_mnist(data_dir: str | None, *, train: bool, download: bool) -> 
     return load_mnist_family(
         FashionMNIST, "fashion_mnist", data_dir, train=train, download=download
     )
+
+
+DATASET = torchvision_dataset(load_fashion_mnist, INFO, train_size=60_000)

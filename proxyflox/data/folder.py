@@ -26,7 +26,7 @@ import numpy as np
 from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import find_classes
 
-from proxyflox.data.base import ArrayDataset, DatasetInfo, images_to_array
+from proxyflox.data.base import ArrayDataset, Dataset, DatasetInfo, images_to_array
 from proxyflox.errors import ConfigError
 
 
@@ -186,3 +186,26 @@ def _npz_split(path: Path, x: np.ndarray, y: np.ndarray, x_key: str, y_key: str)
     else:
         inputs = np.ascontiguousarray(x if x.ndim == 4 else x[:, None], dtype=np.float32)
     return ArrayDataset(inputs, y.astype(np.int64))
+
+
+def _folder_path(data_dir: str | None) -> str:
+    if data_dir is None:
+        raise ConfigError(
+            "data_dir: dataset folder reads each machine's own data_dir, which is not set; set "
+            "data_dir, or site_options.LABEL.data_dir per executor (the aggregator's holds the "
+            "global test set)"
+        )
+    return data_dir
+
+
+def _load_split(
+    data_dir: str | None, train: bool, seed: int, test_fraction: float, download: bool
+) -> ArrayDataset:
+    """The training data, or the local test split (all of the data when there is none)."""
+    local = load_folder(_folder_path(data_dir))
+    return local.train if train or local.test is None else local.test
+
+
+DATASET = Dataset(
+    info=lambda data_dir: load_folder(_folder_path(data_dir)).info, load=_load_split, local=True
+)

@@ -5,7 +5,13 @@ from __future__ import annotations
 import numpy as np
 from torchvision.datasets import MNIST
 
-from proxyflox.data.base import ArrayDataset, DatasetInfo, images_to_array, open_torchvision
+from proxyflox.data.base import (
+    ArrayDataset,
+    DatasetInfo,
+    images_to_array,
+    open_torchvision,
+    torchvision_dataset,
+)
 
 INFO = DatasetInfo(input_shape=(1, 28, 28), num_classes=10)
 
@@ -31,3 +37,6 @@ def load_mnist_family(
     return ArrayDataset(
         images_to_array(dataset.data.numpy()), dataset.targets.numpy().astype(np.int64)
     )
+
+
+DATASET = torchvision_dataset(load_mnist, INFO, train_size=60_000)

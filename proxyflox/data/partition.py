@@ -12,10 +12,26 @@ local test set with the label mix of its training data.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+
 import numpy as np
 
 from proxyflox.errors import ConfigError, unknown_choice
-from proxyflox.settings import PARTITIONS
+
+#: (labels, sites, classes, rng, alpha, classes_per_site) -> the samples of each site.
+Split = Callable[[np.ndarray, int, int, np.random.Generator, float, int], list[np.ndarray]]
+
+
+@dataclass(frozen=True)
+class Scheme:
+    """An entry of the partition registry."""
+
+    split: Split
+    #: What to tell the user when a site gets no samples.
+    remedy: str
+    #: The setting that shapes the split, named in that message.
+    setting: str | None = None
 
 
 def partition(
@@ -57,32 +73,20 @@ def partition(
         )
     if samples_per_site is not None and samples_per_site < 1:
         raise ConfigError(f"samples_per_site: must be at least 1, got {samples_per_site}")
+    if scheme not in PARTITIONS:
+        raise unknown_choice("partition", scheme, PARTITIONS)
+    entry = PARTITIONS[scheme]
     classes = int(labels.max()) + 1 if num_classes is None else num_classes
     rng = np.random.default_rng(seed)
-    if scheme == "iid":
-        parts = np.array_split(rng.permutation(len(labels)), num_sites)
-    elif scheme == "dirichlet":
-        parts = _dirichlet(labels, num_sites, alpha, classes, rng)
-    elif scheme == "shards":
-        parts = _shards(labels, num_sites, classes_per_site, classes, rng)
-    else:
-        raise unknown_choice("partition", scheme, PARTITIONS)
+    parts = entry.split(labels, num_sites, classes, rng, alpha, classes_per_site)
     empty = [site for site, part in enumerate(parts) if len(part) == 0]
     if empty:
-        settings = {
-            "iid": "",
-            "dirichlet": f" with alpha={alpha}",
-            "shards": f" with classes_per_site={classes_per_site}",
-        }[scheme]
-        remedy = {
-            "iid": "use fewer sites",
-            "dirichlet": "raise alpha or use fewer sites",
-            "shards": "use fewer sites or more classes_per_site",
-        }[scheme]
+        values = {"alpha": alpha, "classes_per_site": classes_per_site}
+        shaped = f" with {entry.setting}={values[entry.setting]}" if entry.setting else ""
         listed = ", ".join(map(str, empty[:10])) + (", ..." if len(empty) > 10 else "")
         raise ConfigError(
-            f"partition: {scheme}{settings} and seed={seed} leaves {len(empty)} of {num_sites} "
-            f"site(s) ({listed}) without {what}; {remedy}"
+            f"partition: {scheme}{shaped} and seed={seed} leaves {len(empty)} of {num_sites} "
+            f"site(s) ({listed}) without {what}; {entry.remedy}"
         )
     if samples_per_site is not None:
         # A random subset, not the first n: Dirichlet parts are ordered by class.
@@ -90,12 +94,24 @@ def partition(
     return [np.sort(part) for part in parts]
 
 
+def _iid(
+    labels: np.ndarray,
+    num_sites: int,
+    num_classes: int,
+    rng: np.random.Generator,
+    alpha: float,
+    classes_per_site: int,
+) -> list[np.ndarray]:
+    return np.array_split(rng.permutation(len(labels)), num_sites)
+
+
 def _dirichlet(
     labels: np.ndarray,
     num_sites: int,
-    alpha: float,
     num_classes: int,
     rng: np.random.Generator,
+    alpha: float,
+    classes_per_site: int,
 ) -> list[np.ndarray]:
     if alpha <= 0:
         raise ConfigError(f"alpha: must be greater than 0, got {alpha}")
@@ -113,9 +129,10 @@ def _dirichlet(
 def _shards(
     labels: np.ndarray,
     num_sites: int,
-    classes_per_site: int,
     num_classes: int,
     rng: np.random.Generator,
+    alpha: float,
+    classes_per_site: int,
 ) -> list[np.ndarray]:
     if not 1 <= classes_per_site <= num_classes:
         raise ConfigError(
@@ -145,3 +162,11 @@ def _shards(
     return [
         np.concatenate(chunks) if chunks else np.array([], dtype=np.int64) for chunks in per_site
     ]
+
+
+#: ``partition`` name -> scheme; a new scheme is one function and one entry here.
+PARTITIONS: dict[str, Scheme] = {
+    "iid": Scheme(_iid, "use fewer sites"),
+    "dirichlet": Scheme(_dirichlet, "raise alpha or use fewer sites", "alpha"),
+    "shards": Scheme(_shards, "use fewer sites or more classes_per_site", "classes_per_site"),
+}

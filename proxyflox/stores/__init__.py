@@ -23,12 +23,12 @@ from proxystore.store.factory import StoreFactory
 from proxystore.store.utils import get_key
 
 from proxyflox.errors import StoreUnreachableError
-from proxyflox.settings import StoreSettings
 from proxyflox.stores.access_log import AccessLogConnector
 from proxyflox.stores.backend import StoreBackend
 from proxyflox.stores.endpoint import EndpointBackend, use_proxystore_home
 from proxyflox.stores.file import FileBackend
 from proxyflox.stores.redis import RedisBackend
+from proxyflox.stores.settings import StoreSettings
 from proxyflox.weights import Weights
 
 __all__ = [

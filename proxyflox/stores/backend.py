@@ -7,7 +7,7 @@ from typing import Any, Protocol
 
 from proxystore.connectors.protocols import Connector
 
-from proxyflox.settings import SiteOptions, StoreSettings
+from proxyflox.stores.settings import StoreSettings
 
 
 class StoreBackend(Protocol):
@@ -25,6 +25,7 @@ class StoreBackend(Protocol):
         """The controller's connector (its config is what every app rebuilds theirs from)."""
         ...
 
-    def site_options(self, settings: StoreSettings) -> dict[str, SiteOptions]:
-        """Per-executor options the backend needs (e.g. each site's endpoint home)."""
+    def site_options(self, settings: StoreSettings) -> dict[str, dict[str, str]]:
+        """Per-executor site options the backend needs, by label (e.g. each site's
+        ``{"proxystore_home": ...}``)."""
         ...

@@ -27,7 +27,7 @@ import yaml
 from proxystore.connectors.endpoint import EndpointConnector, EndpointConnectorError
 
 from proxyflox.errors import ConfigError, StoreUnreachableError
-from proxyflox.settings import SiteOptions, StoreSettings
+from proxyflox.stores.settings import StoreSettings
 
 
 @dataclass(frozen=True)
@@ -120,11 +120,11 @@ class EndpointBackend:
                 f"for the controller ({type(err).__name__})"
             ) from None
 
-    def site_options(self, settings: StoreSettings) -> dict[str, SiteOptions]:
+    def site_options(self, settings: StoreSettings) -> dict[str, dict[str, str]]:
         assert settings.endpoints_file is not None
         endpoints = read_endpoints_file(settings.endpoints_file)
         return {
-            label: SiteOptions(proxystore_home=info.home)
+            label: {"proxystore_home": info.home}
             for label, info in endpoints.endpoints.items()
             if info.home
         }

@@ -8,7 +8,7 @@ from pathlib import Path
 from proxystore.connectors.file import FileConnector
 
 from proxyflox.errors import StoreUnreachableError
-from proxyflox.settings import SiteOptions, StoreSettings
+from proxyflox.stores.settings import StoreSettings
 
 
 def file_connector(directory: Path) -> FileConnector:
@@ -47,5 +47,5 @@ class FileBackend:
     def connector(self, settings: StoreSettings, run_dir: Path) -> FileConnector:
         return file_connector(store_directory(settings, run_dir))
 
-    def site_options(self, settings: StoreSettings) -> dict[str, SiteOptions]:
+    def site_options(self, settings: StoreSettings) -> dict[str, dict[str, str]]:
         return {}

@@ -10,7 +10,10 @@ import redis
 from proxystore.connectors.redis import RedisConnector
 
 from proxyflox.errors import StoreUnreachableError
-from proxyflox.settings import REDIS_PASSWORD_ENV, SiteOptions, StoreSettings
+from proxyflox.stores.settings import StoreSettings
+
+#: The only place a Redis password is read from (it never enters settings, logs or proxies).
+REDIS_PASSWORD_ENV = "PROXYFLOX_REDIS_PASSWORD"
 
 
 class PasswordRedisConnector(RedisConnector):
@@ -53,5 +56,5 @@ class RedisBackend:
     def connector(self, settings: StoreSettings, run_dir: Path) -> PasswordRedisConnector:
         return PasswordRedisConnector(settings.host, settings.port)
 
-    def site_options(self, settings: StoreSettings) -> dict[str, SiteOptions]:
+    def site_options(self, settings: StoreSettings) -> dict[str, dict[str, str]]:
         return {}

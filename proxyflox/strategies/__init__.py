@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 
-from proxyflox.settings import StrategySettings
 from proxyflox.strategies.base import ServerState, Strategy, Update, weighted_mean
 from proxyflox.strategies.fedadagrad import FedAdagrad
 from proxyflox.strategies.fedadam import FedAdam
@@ -14,6 +13,7 @@ from proxyflox.strategies.fedavgm import FedAvgM
 from proxyflox.strategies.fedbuff import FedBuff
 from proxyflox.strategies.fedprox import FedProx
 from proxyflox.strategies.fedyogi import FedYogi
+from proxyflox.strategies.settings import StrategySettings
 
 __all__ = [
     "STRATEGIES",
@@ -27,12 +27,14 @@ __all__ = [
     "FedYogi",
     "ServerState",
     "Strategy",
+    "StrategySettings",
     "Update",
     "build_strategy",
     "weighted_mean",
 ]
 
-#: ``strategy.name`` -> class.
+#: ``strategy.name`` -> class; a new strategy is one module and one entry here. Asynchronous
+#: ones say so by their class attribute ``asynchronous``.
 STRATEGIES: dict[str, type[Strategy]] = {
     cls.name: cls
     for cls in (FedAvg, FedProx, FedAvgM, FedAdam, FedYogi, FedAdagrad, FedAsync, FedBuff)
@@ -48,7 +50,7 @@ def build_strategy(settings: StrategySettings) -> Strategy:
     taken = {field.name for field in dataclasses.fields(cls)}  # type: ignore[arg-type]
     values = {
         name: value
-        for name, value in dataclasses.asdict(settings).items()
+        for name, value in settings.to_dict().items()
         if name in taken and value is not None
     }
     return cls(**values)

@@ -9,26 +9,28 @@ with ``S`` constant (1), polynomial ``(s + 1) ** -a`` or hinge (1 if ``s <= b``,
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import ClassVar
 
-from proxyflox.settings import STALENESS_FUNCTIONS
 from proxyflox.strategies.base import ServerState, Strategy, Update, step_floats
 from proxyflox.weights import Weights
+
+#: ``strategy.staleness`` name -> ``S(staleness, a, b)``.
+STALENESS_FUNCTIONS: dict[str, Callable[[int, float, float], float]] = {
+    "constant": lambda s, a, b: 1.0,
+    "polynomial": lambda s, a, b: float((s + 1) ** -a),
+    "hinge": lambda s, a, b: 1.0 if s <= b else 1.0 / (a * (s - b) + 1.0),
+}
 
 
 def staleness_weight(kind: str, staleness: int, a: float, b: float) -> float:
     """``S(staleness)`` for the named staleness function."""
-    if kind == "constant":
-        return 1.0
-    if kind == "polynomial":
-        return float((staleness + 1) ** -a)
-    if kind == "hinge":
-        return 1.0 if staleness <= b else 1.0 / (a * (staleness - b) + 1.0)
-    raise ValueError(
-        f"unknown staleness function {kind!r}; known: {', '.join(STALENESS_FUNCTIONS)}"
-    )
+    if kind not in STALENESS_FUNCTIONS:
+        raise ValueError(
+            f"unknown staleness function {kind!r}; known: {', '.join(STALENESS_FUNCTIONS)}"
+        )
+    return STALENESS_FUNCTIONS[kind](staleness, a, b)
 
 
 @dataclass(frozen=True)

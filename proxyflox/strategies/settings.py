@@ -1,0 +1,47 @@
+"""The ``strategy`` section of an experiment: the hyperparameters of every strategy.
+
+The strategy's name is checked against :data:`proxyflox.strategies.STRATEGIES` by the
+experiment settings, which nest this section.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from proxyflox.schema import (
+    Count,
+    Decay,
+    Maybe,
+    NonNegative,
+    Positive,
+    Settings,
+    Share,
+    Str,
+    one_of,
+)
+from proxyflox.strategies.fedasync import STALENESS_FUNCTIONS
+
+
+class StrategySettings(Settings):
+    """The server strategy and its hyperparameters (each strategy reads the ones it has)."""
+
+    name: Str = "fedavg"
+    #: fedprox: strength of the proximal term on each site.
+    proximal_mu: NonNegative = 0.01
+    #: fedavgm, fedadam, fedyogi, fedadagrad, fedbuff: server step size (``null``: the
+    #: strategy's default, 1.0 for fedavgm/fedbuff, 0.01 for the FedOpt family).
+    server_lr: Maybe[Positive] = None
+    #: fedavgm: server momentum.
+    server_momentum: Decay = 0.9
+    #: FedOpt family: first/second moment decay and adaptivity.
+    beta1: Decay = 0.9
+    beta2: Decay = 0.99
+    tau: NonNegative = 1e-3
+    #: fedasync: mixing weight, and the staleness function ``constant``, ``polynomial``
+    #: ``(s+1)^-a`` or ``hinge`` (1 up to staleness b, then ``1/(a(s-b)+1)``).
+    alpha: Share = 0.6
+    staleness: Annotated[Str, one_of(STALENESS_FUNCTIONS)] = "polynomial"
+    staleness_a: NonNegative = 0.5
+    staleness_b: NonNegative = 4.0
+    #: fedbuff: updates per aggregation.
+    buffer_size: Count = 3
