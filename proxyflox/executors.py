@@ -26,8 +26,10 @@ def worker_launch_cmd(python: str) -> str:
 
 
 def interchange_launch_cmd() -> list[str]:
-    """The interchange, started by the controller's own interpreter."""
-    return [sys.executable, str(Path(sys.executable).parent / "interchange.py")]
+    """The interchange, started by the controller's own interpreter in a session of its own
+    and ended with the controller (see :mod:`proxyflox.lifeline`)."""
+    interchange = str(Path(sys.executable).parent / "interchange.py")
+    return [sys.executable, "-m", "proxyflox.lifeline", sys.executable, interchange]
 
 
 def local_executor(label: str, workers: int = 1) -> HighThroughputExecutor:
@@ -37,6 +39,9 @@ def local_executor(label: str, workers: int = 1) -> HighThroughputExecutor:
         address="127.0.0.1",
         max_workers_per_node=workers,
         encrypted=False,  # loopback only
+        # A pool whose interchange is gone (its controller was killed) exits within ~20 s.
+        heartbeat_period=5,
+        heartbeat_threshold=20,
         launch_cmd=worker_launch_cmd(sys.executable),
         interchange_launch_cmd=interchange_launch_cmd(),
         provider=LocalProvider(init_blocks=1, min_blocks=1, max_blocks=1),

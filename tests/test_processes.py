@@ -6,6 +6,7 @@ down on every exit path, leaving no worker behind.
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -15,6 +16,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from proxyflox.checkpoints import find_resume_point
 from tests.helpers import CLI, bare_env, only_run_dir, run_cli
 
 pytestmark = pytest.mark.slow
@@ -81,7 +83,7 @@ def test_controller_never_reads_weights_on_real_processes(tmp_path: Path) -> Non
     assert wait_until_gone(run_dir) == []
 
 
-@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
 def test_interrupting_a_run_shuts_parsl_down_and_leaves_no_worker(
     tmp_path: Path, stop: signal.Signals
 ) -> None:
@@ -115,6 +117,62 @@ def test_interrupting_a_run_shuts_parsl_down_and_leaves_no_worker(
     assert wait_until_gone(run_dir) == []
     assert not (run_dir / "store").exists()
     assert len((run_dir / "rounds.csv").read_text().splitlines()) >= 3  # header + 2 rounds
+
+
+def start_long_run(tmp_path: Path) -> tuple[subprocess.Popen[str], Path, list[int]]:
+    """A 500-round run on local_htex.py in a session of its own (as a terminal's foreground
+    job is), read until round 2; returns it, its run directory and its interchanges' pids."""
+    process = subprocess.Popen(
+        [sys.executable, str(CLI), "--config", "local_htex.py", "--rounds", "500",
+         "--runs_dir", str(tmp_path / "runs")],
+        cwd=tmp_path, env=bare_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True,
+    )  # fmt: skip
+    assert process.stdout is not None
+    for line in process.stdout:
+        if line.startswith("round   2/"):
+            break
+    interchanges = [
+        child.pid
+        for child in psutil.Process(process.pid).children()
+        if "interchange" in " ".join(child.cmdline())
+    ]
+    assert len(interchanges) == 5  # four sites and the aggregator
+    return process, only_run_dir(tmp_path / "runs"), interchanges
+
+
+def alive(pids: list[int]) -> list[int]:
+    return [
+        pid
+        for pid in pids
+        if psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    ]
+
+
+def test_a_terminal_ctrl_c_stops_the_whole_run_promptly(tmp_path: Path) -> None:
+    # A terminal sends SIGINT to its whole foreground process group, not to one pid.
+    process, run_dir, interchanges = start_long_run(tmp_path)
+    start = time.monotonic()
+    os.killpg(process.pid, signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert time.monotonic() - start < 30
+    assert process.returncode == 130
+    assert "Traceback" not in stderr
+    assert wait_until_gone(run_dir) == []
+    assert alive(interchanges) == []
+    assert find_resume_point(run_dir).round_number >= 2  # resumable
+
+
+def test_a_killed_controller_leaves_no_process_running(tmp_path: Path) -> None:
+    # kill -9 (or the OOM killer): no shutdown code runs in the controller at all.
+    process, run_dir, interchanges = start_long_run(tmp_path)
+    process.kill()
+    process.communicate(timeout=60)
+    deadline = time.monotonic() + 10
+    while alive(interchanges) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert alive(interchanges) == []  # at once: the kernel signals them
+    assert wait_until_gone(run_dir, seconds=60) == []  # pools: within their heartbeat threshold
 
 
 def test_a_failing_site_app_stops_the_run_cleanly(tmp_path: Path) -> None:

@@ -99,7 +99,9 @@ def main(argv: list[str] | None = None) -> int:
             to_yaml(experiment, {"parsl_config": str(deployment.path)})
         )
         print(f"run directory: {run_dir}", flush=True)
+    # A closing terminal or a dropped ssh session (SIGHUP) stops the run like SIGTERM does.
     signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    signal.signal(signal.SIGHUP, _stop_on_sigterm)
     start = time.perf_counter()
     try:
         result = run_federation(
