@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +21,7 @@ from tests.helpers import DEFAULT_EXPERIMENT, experiment_setup
 
 
 @pytest.fixture
-def store_config(tmp_path: Path):  # type: ignore[no-untyped-def]
+def store_config(tmp_path: Path) -> Iterator[StoreConfig]:
     store = open_store(load_experiment(DEFAULT_EXPERIMENT).store, tmp_path, name="apps-test")
     yield store.config()
     store.close()
