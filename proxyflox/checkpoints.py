@@ -36,6 +36,7 @@ ROUND_LOGS = ("rounds.csv", "sites.csv")
 
 
 def checkpoint_dir(run_dir: str | Path, round_number: int) -> Path:
+    """The directory of a run's checkpoint after round ``round_number``."""
     return Path(run_dir) / CHECKPOINTS / f"round-{round_number:04d}"
 
 
@@ -117,6 +118,7 @@ class ResumePoint:
 
     @property
     def checkpoint(self) -> Path:
+        """The directory of the checkpoint the run continues from."""
         return checkpoint_dir(self.run_dir, self.round_number)
 
 

@@ -42,6 +42,11 @@ def free_port(host: str) -> int:
 
 
 def wait_for_port(host: str, port: int, seconds: float, what: str) -> None:
+    """Wait until something listens on ``host:port``.
+
+    Raises:
+        RuntimeError: nothing listens there within ``seconds`` (the message names ``what``).
+    """
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         try:
@@ -139,6 +144,7 @@ def _stop(directory: Path, labels: list[str]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The command line: ``up`` or ``down``; returns the exit status (2 on an error)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("action", choices=["up", "down"])
     parser.add_argument("--dir", default=".endpoints", help="where homes and logs live")

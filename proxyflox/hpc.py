@@ -157,8 +157,9 @@ def load_settings(cls: type[S], name: str, environ: Mapping[str, str] | None = N
 
 
 def controller_address(settings: BatchSettings, name: str) -> str:
-    """The address the worker pools connect back to: ``address``, else the address of
-    ``interface``, else what this host's name resolves to.
+    """The address the worker pools connect back to.
+
+    ``address``, else the address of ``interface``, else what this host's name resolves to.
 
     Never left to Parsl's own guessing, which queries a public web service for it.
     """

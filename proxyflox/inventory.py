@@ -231,9 +231,11 @@ def ssh_command(pi: Pi) -> list[str]:
 
 
 def ssh_prepend(pi: Pi) -> str:
-    """What ``WrappedLauncher(prepend=...)`` puts before the worker-pool command: a line on
-    stderr naming the Pi (so an ssh failure that Parsl reports says which Pi), then
-    :func:`ssh_command`."""
+    """What ``WrappedLauncher(prepend=...)`` puts before the worker-pool command.
+
+    A line on stderr naming the Pi (so an ssh failure that Parsl reports says which Pi), then
+    :func:`ssh_command`.
+    """
     target = f"{pi.user}@{pi.host}" if pi.user else pi.host
     note = shlex.quote(f"{pi.name}: starting the worker pool on {target} over ssh")
     return f"echo {note} >&2; {shlex.join(ssh_command(pi))}"

@@ -72,8 +72,11 @@ class Run:
         return self.columns.get(column, [math.nan] * len(self.rounds))
 
     def elapsed(self) -> list[float]:
-        """Seconds from the first round's start to the end of each round: the running sum of
-        ``round_seconds`` (synchronous runs), or ``seconds`` (asynchronous runs' clock)."""
+        """Seconds from the first round's start to the end of each round.
+
+        The running sum of ``round_seconds`` (synchronous runs), or ``seconds`` (asynchronous
+        runs' clock).
+        """
         if "seconds" in self.columns:
             return self.series("seconds")
         return list(itertools.accumulate(_zero_if_nan(v) for v in self.series("round_seconds")))
@@ -131,8 +134,11 @@ def plot_run(run_dir: str | Path) -> list[Path]:
 
 
 def plot_comparison(run_dirs: Sequence[str | Path], out: str | Path) -> Path:
-    """Several runs on one figure: accuracy per round (global version for asynchronous runs)
-    and against wall time, loss per round, mean time per round by phase."""
+    """Several runs on one figure.
+
+    Accuracy per round (global version for asynchronous runs) and against wall time, loss per
+    round, mean time per round by phase.
+    """
     runs = [load_run(directory) for directory in run_dirs]
     figure = Figure(figsize=(15, 8.4), layout="constrained")
     (accuracy, by_time), (loss, times) = figure.subplots(2, 2)

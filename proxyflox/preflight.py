@@ -1,5 +1,7 @@
-"""Checks of an experiment against its deployment, before anything runs (and before a run
-directory exists): what the settings alone cannot know."""
+"""Checks of an experiment against its deployment: what the settings alone cannot know.
+
+They run before anything runs, and before a run directory exists.
+"""
 
 from __future__ import annotations
 
@@ -13,8 +15,9 @@ from proxyflox.settings import ExperimentConfig, SiteOptions
 def check_data_settings(
     config: ExperimentConfig, options: Mapping[str, SiteOptions], site_labels: Sequence[str]
 ) -> None:
-    """What can be checked about the data before anything runs (the files themselves are only
-    seen where they are read).
+    """Check what can be known about the data before anything runs.
+
+    The files themselves are only seen where they are read.
 
     Args:
         config: The experiment.

@@ -68,11 +68,13 @@ class CsvLog:
             self._file.flush()
 
     def write(self, row: Mapping[str, Any]) -> None:
+        """Append a row and sync it to disk; keys that are not columns are left out."""
         self._writer.writerow({key: _format(value) for key, value in row.items()})
         self._file.flush()
         os.fsync(self._file.fileno())
 
     def close(self) -> None:
+        """Close the file."""
         self._file.close()
 
 
@@ -100,9 +102,12 @@ MAX_SITE_COLUMNS = 64
 
 
 def round_columns(num_sites: int, evaluate_sites: bool = False) -> list[str]:
-    """Columns of ``rounds.csv``: the round summary, then each site's train and resolve seconds,
-    then (``evaluate_sites``) each site's local accuracy and loss; the per-site columns only for
-    up to :data:`MAX_SITE_COLUMNS` sites."""
+    """Columns of ``rounds.csv``.
+
+    The round summary, then each site's train and resolve seconds, then (``evaluate_sites``)
+    each site's local accuracy and loss; the per-site columns only for up to
+    :data:`MAX_SITE_COLUMNS` sites.
+    """
     if num_sites > MAX_SITE_COLUMNS:
         return list(ROUND_COLUMNS)
     per_site = [
@@ -120,8 +125,10 @@ PARTITION_FILE = "partition.csv"
 
 
 def write_partition(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
-    """Write ``partition.csv``: one row per site and split (``train``; ``test`` for the local
-    test sets of ``evaluate_sites``) with its samples in total and per class.
+    """Write ``partition.csv``: one row per site and split, with its samples.
+
+    The splits are ``train`` and, for the local test sets of ``evaluate_sites``, ``test``; each
+    row counts the samples in total and per class.
 
     Args:
         path: The file to write.

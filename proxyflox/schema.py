@@ -1,5 +1,7 @@
-"""What every settings model shares: the base class, field types that also take the strings of a
-command line or an environment, one YAML reader, and pydantic's errors as one-line ConfigErrors.
+"""What every settings model shares: base class, field types, YAML reader, one-line errors.
+
+The field types also take the strings of a command line or an environment; pydantic's errors
+become one-line ConfigErrors.
 
 It imports nothing of ours but :mod:`proxyflox.errors`, so the leaf packages (stores, strategies)
 define their own settings sections with it.
@@ -46,8 +48,10 @@ class Settings(BaseModel):
 
 
 def _parsed(parse: Callable[[str], Any]) -> BeforeValidator:
-    """A string that ``parse`` reads becomes its value; anything else is left to the strict
-    check after it, whose error names the value as given."""
+    """A validator: a string that ``parse`` reads becomes its value.
+
+    Anything else is left to the strict check after it, whose error names the value as given.
+    """
 
     def convert(value: Any) -> Any:
         if isinstance(value, str):
@@ -118,8 +122,10 @@ def one_of(names: Collection[str]) -> AfterValidator:
 
 @dataclass(frozen=True)
 class Must:
-    """Field metadata: what its value must be, in messages, where its bounds would not say it
-    (``Must("a TCP port (1-65535)")``)."""
+    """Field metadata: what its value must be, in messages, where its bounds would not say it.
+
+    For example ``Must("a TCP port (1-65535)")``.
+    """
 
     be: str
 
@@ -263,8 +269,10 @@ class _DuplicateKeyError(yaml.YAMLError):
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
-    """PyYAML's SafeLoader, except that a key given twice in one mapping is an error (PyYAML
-    would silently keep the last one)."""
+    """PyYAML's SafeLoader, except that a key given twice in one mapping is an error.
+
+    PyYAML would silently keep the last one.
+    """
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: set[Any] = set()

@@ -193,8 +193,10 @@ def validate_site_options(options: SiteOptions | Mapping[str, Any], key: str) ->
 
 
 def merge_site_options(base: SiteOptions | Mapping[str, Any], override: SiteOptions) -> SiteOptions:
-    """``override``'s options where set, else ``base``'s (options, or a store backend's plain
-    ``{"proxystore_home": ...}``)."""
+    """``override``'s options where set, else ``base``'s.
+
+    ``base`` is options, or a store backend's plain ``{"proxystore_home": ...}``.
+    """
     return SiteOptions.model_validate({**dict(base), **override.model_dump(exclude_none=True)})
 
 

@@ -51,8 +51,10 @@ class Deployment:
     site_options: dict[str, SiteOptions] = field(default_factory=dict)
 
     def options_for(self, experiment: ExperimentConfig) -> dict[str, SiteOptions]:
-        """Options of every executor: the module's, overridden field by field by the
-        experiment's ``site_options``."""
+        """Options of every executor: the module's, overridden by the experiment's ``site_options``.
+
+        Field by field: an option the experiment leaves unset keeps the module's value.
+        """
         labels = [executor.label for executor in self.parsl_config.executors]
         for label in experiment.site_options:
             if label not in labels:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +21,7 @@ from tests.helpers import DEFAULT_EXPERIMENT, experiment_setup
 
 
 @pytest.fixture
-def store_config(tmp_path: Path):  # type: ignore[no-untyped-def]
+def store_config(tmp_path: Path) -> Iterator[StoreConfig]:
     store = open_store(load_experiment(DEFAULT_EXPERIMENT).store, tmp_path, name="apps-test")
     yield store.config()
     store.close()
@@ -34,7 +35,8 @@ def test_a_train_result_is_a_small_record_whose_update_is_a_proxy(
     result = train_site(setup, 0, 1, global_model, Instructions())
     assert isinstance(result.update, Proxy)
     assert result.num_samples in (359, 360)  # 1437 training samples over 4 sites
-    assert result.train_seconds > 0 and result.resolve_seconds > 0
+    assert result.train_seconds > 0
+    assert result.resolve_seconds > 0
     # What Parsl carries back to the controller is a reference, not 0.6 MB of weights.
     weights, _ = resolve_weights(global_model.weights)
     assert sum(array.nbytes for array in weights.values()) > 500_000
@@ -85,4 +87,5 @@ def test_direct_transfer_passes_the_arrays_themselves() -> None:
     for name, array in result.update.items():
         assert new_global.model.weights[name].tobytes() == array.tobytes()
     metrics = evaluate_global(setup, new_global.model)
-    assert 0.0 <= metrics.accuracy <= 1.0 and metrics.loss > 0
+    assert 0.0 <= metrics.accuracy <= 1.0
+    assert metrics.loss > 0

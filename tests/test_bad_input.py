@@ -17,7 +17,8 @@ Files = Callable[[str, str], str]
 
 def load_cli() -> ModuleType:
     spec = importlib.util.spec_from_file_location("fedavg_cli", CLI)
-    assert spec is not None and spec.loader is not None
+    assert spec is not None
+    assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

@@ -75,7 +75,8 @@ def test_a_huge_value_is_cut_short_in_the_message(key: str) -> None:
         load_experiment(DEFAULT_EXPERIMENT, {key: huge})
     message = str(caught.value)
     assert message.startswith(f"{key}: ")
-    assert "'xxxxxxxx" in message and "..." in message
+    assert "'xxxxxxxx" in message
+    assert "..." in message
     assert len(message) < 250
     assert "\n" not in message
 

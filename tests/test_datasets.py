@@ -42,7 +42,8 @@ def test_mnist_family_reads_raw_idx_files(tmp_path: Path, name: str, folder: str
     for split in ("train", "test"):
         data = load_split(name, str(tmp_path), split, 0, 0.2)
         images, labels = written[split]
-        assert data.x.shape == (len(labels), 1, 28, 28) and data.x.dtype == np.float32
+        assert data.x.shape == (len(labels), 1, 28, 28)
+        assert data.x.dtype == np.float32
         assert np.array_equal(data.x[:, 0] * 255, images.astype(np.float32))
         assert np.array_equal(data.y, labels)
     assert dataset_info(name, None).input_shape == data.x.shape[1:]
@@ -82,7 +83,8 @@ def test_torchvision_datasets_without_files_say_where_they_look(tmp_path: Path, 
         load_split(name, str(tmp_path), "train", 0, 0.2)
     message = str(caught.value)
     assert f"no valid {name} data in {tmp_path}" in message
-    assert "download: true" in message and "\n" not in message
+    assert "download: true" in message
+    assert "\n" not in message
 
 
 def test_an_image_folder_with_a_local_split(tmp_path: Path) -> None:
@@ -91,8 +93,10 @@ def test_an_image_folder_with_a_local_split(tmp_path: Path) -> None:
     local = load_folder(str(tmp_path))
     assert local.classes == ("c0", "c1", "c2")
     assert local.train.x.shape == (12, 3, 12, 12)  # read as RGB
-    assert local.test is not None and np.bincount(local.test.y).tolist() == [2, 2, 2]
-    assert local.train.x.min() >= 0.0 and local.train.x.max() == pytest.approx(250 / 255)
+    assert local.test is not None
+    assert np.bincount(local.test.y).tolist() == [2, 2, 2]
+    assert local.train.x.min() >= 0.0
+    assert local.train.x.max() == pytest.approx(250 / 255)
     # On the aggregator, the global test set is the local test split.
     assert len(load_split("folder", str(tmp_path), "test", 0, 0.2)) == 6
 
@@ -131,7 +135,8 @@ def test_an_npz_with_a_local_split(tmp_path: Path) -> None:
     local = load_folder(str(tmp_path / "site.npz"))
     assert local.train.x.shape == (30, 1, 12, 12)
     assert np.array_equal(local.train.x[:, 0] * 255, written["x"].astype(np.float32))
-    assert local.test is not None and np.array_equal(local.test.y, written["y_test"])
+    assert local.test is not None
+    assert np.array_equal(local.test.y, written["y_test"])
     assert local.classes == tuple(str(c) for c in range(10))
 
 
@@ -197,7 +202,8 @@ def test_a_round_on_the_mnist_family(
         rounds=1, dataset=name, data_dir=str(tmp_path / "data"), evaluate_sites="true"
     )
     (row,) = read_rounds(result.run_dir)
-    assert 0.0 <= float(row["accuracy"]) <= 1.0 and float(row["loss"]) > 0
+    assert 0.0 <= float(row["accuracy"]) <= 1.0
+    assert float(row["loss"]) > 0
     # Each site counted its share: 80 training and 40 test images over 4 sites, IID.
     assert _partition_totals(result.run_dir) == [20] * 4
     assert _partition_totals(result.run_dir, "test") == [10] * 4
@@ -221,7 +227,8 @@ def test_a_mobilenet_round_on_cifar10_from_a_local_data_dir(
         lr="0.05",
     )
     rows = read_rounds(result.run_dir)
-    assert len(rows) == 2 and all(np.isfinite(float(row["loss"])) for row in rows)
+    assert len(rows) == 2
+    assert all(np.isfinite(float(row["loss"])) for row in rows)
     assert sum(_partition_totals(result.run_dir)) == 80
     # BatchNorm's running statistics and counters travel and average with the weights.
     assert int(rows[0]["model_bytes"]) > 800_000

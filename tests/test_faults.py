@@ -88,7 +88,8 @@ def test_a_lost_redis_stops_the_run_and_resume_works_once_it_is_back(tmp_path: P
     # The server is gone now (the context stopped it).
     _, stderr = process.communicate(timeout=300)
     assert process.returncode == 3, stderr
-    assert "error: run stopped:" in stderr and f"127.0.0.1:{port}" in stderr
+    assert "error: run stopped:" in stderr
+    assert f"127.0.0.1:{port}" in stderr
     assert "Traceback" not in stderr
     run_dir = only_run_dir(tmp_path)
     latest = (run_dir / "checkpoints" / "latest").read_text().strip()

@@ -52,9 +52,11 @@ def test_a_held_record_is_evicted_when_released(
     ledger: ReferenceLedger, evicted: Evictions
 ) -> None:
     model = ledger.claim(ledger.expect(finished(Stored(("global-1", "state-1")))))
-    assert evicted == [] and ledger.held() == {"global-1", "state-1"}
+    assert evicted == []
+    assert ledger.held() == {"global-1", "state-1"}
     ledger.release(model)
-    assert evicted == ["global-1", "state-1"] and ledger.held() == set()
+    assert evicted == ["global-1", "state-1"]
+    assert ledger.held() == set()
 
 
 def test_a_global_model_outlives_the_apps_training_from_it(
@@ -173,7 +175,8 @@ def test_direct_transfer_references_are_not_counted(evicted: Evictions) -> None:
     model = ledger.claim(finished(Stored(("arrays",))))
     ledger.release(model)
     ledger.close()
-    assert evicted == [] and ledger.held() == set()
+    assert evicted == []
+    assert ledger.held() == set()
 
 
 def test_apps_finishing_in_other_threads_evict_each_object_once(

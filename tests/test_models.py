@@ -65,7 +65,8 @@ def test_mobilenet_on_cifar10_matches_mobilenet_v1_and_scales_with_width() -> No
     depthwise = [
         m for m in full.modules() if isinstance(m, torch.nn.Conv2d) and m.groups == m.in_channels
     ]
-    assert len(depthwise) == 13 and all(m.in_channels > 1 for m in depthwise)
+    assert len(depthwise) == 13
+    assert all(m.in_channels > 1 for m in depthwise)
     half = parameters(MobileNetLike((3, 32, 32), 10, width_multiplier=0.5))
     quarter = parameters(MobileNetLike((3, 32, 32), 10, width_multiplier=0.25))
     # Pointwise convolutions dominate, so the count falls about with the multiplier's square.

@@ -201,14 +201,22 @@ def test_a_run_needing_every_pi_stops_when_one_is_unreachable(
 
 
 def test_the_lab_is_torn_down_when_a_test_fails(tmp_path: Path) -> None:
-    with pytest.raises(RuntimeError, match="a failing test"), NetnsLab(tmp_path / "lab") as lab:
-        host = lab.add_host()
-        sshd = host.sshd
-        assert sshd is not None
-        raise RuntimeError("a failing test")
+    hosts: list[SshHost] = []
+
+    def fail_inside_the_lab() -> None:
+        with NetnsLab(tmp_path / "lab") as lab:
+            hosts.append(lab.add_host())
+            assert hosts[0].sshd is not None
+            raise RuntimeError("a failing test")
+
+    with pytest.raises(RuntimeError, match="a failing test"):
+        fail_inside_the_lab()
+    (host,) = hosts
+    sshd = host.sshd
     assert not Path(f"/run/netns/{host.name}").exists()
     assert not Path(f"/sys/class/net/{host.host_link}").exists()
-    assert sshd is not None and sshd.poll() is not None  # stopped
+    assert sshd is not None
+    assert sshd.poll() is not None  # stopped
 
 
 def test_a_missing_prerequisite_fails_naming_it() -> None:

@@ -23,7 +23,8 @@ def assert_is_a_drawn_png(path: Path, min_width: int = 600) -> None:
     assert path.stat().st_size > 10_000, path
     with Image.open(path) as image:
         assert image.format == "PNG"
-        assert image.width >= min_width and image.height >= 300
+        assert image.width >= min_width
+        assert image.height >= 300
         pixels = np.asarray(image.convert("RGB"))
     colours = np.unique(pixels.reshape(-1, 3), axis=0)
     assert len(colours) > 50, f"{path} looks blank"

@@ -78,7 +78,8 @@ def test_polaris_submit_script_has_select_walltime_and_launcher(
 
     executor = site(load_deployment("polaris.py"), "site-0")
     # What start() sets up (without an interchange) before it fills in the worker-pool command.
-    executor.logconf_path = None
+    # (start() sets None where there is no log config; mypy infers str from its other branch.)
+    executor.logconf_path = None  # type: ignore[assignment]
     executor.worker_port = 54321
     executor.initialize_scaling()
     provider = executor.provider

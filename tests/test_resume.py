@@ -47,7 +47,8 @@ def kill_after_round(args: list[str], cwd: Path, round_number: int) -> Path:
             os.killpg(process.pid, signal.SIGKILL)
             break
     process.wait(timeout=60)
-    assert run_dir is not None and process.returncode == -signal.SIGKILL
+    assert run_dir is not None
+    assert process.returncode == -signal.SIGKILL
     # Worker pools started in other sessions die once they lose the interchange; don't wait.
     for leftover in psutil.process_iter(["cmdline"]):
         if str(run_dir) in " ".join(leftover.info["cmdline"] or []):
@@ -72,11 +73,13 @@ def test_killed_and_resumed_run_equals_an_uninterrupted_one(tmp_path: Path, conf
     resumed = run_cli("--resume", str(stopped_dir), cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
     assert f"resuming {stopped_dir} after round 3" in resumed.stdout
-    assert "round   4/6" in resumed.stdout and "round   1/6" not in resumed.stdout
+    assert "round   4/6" in resumed.stdout
+    assert "round   1/6" not in resumed.stdout
 
     a = torch.load(straight_dir / "model.pt")
     b = torch.load(stopped_dir / "model.pt")
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
     assert comparable(stopped_dir) == comparable(straight_dir)
     assert comparable(stopped_dir, "sites.csv") == comparable(straight_dir, "sites.csv")
     assert [c.name for c in (stopped_dir / "checkpoints").iterdir() if c.is_dir()] == ["round-0006"]

@@ -71,7 +71,8 @@ def test_slurm_config_trains_in_batch_jobs_parsl_submits(
     rows = site_rows(run_dir)
     assert [r["executor"] for r in rows] == ["site-0", "site-1"]
     job_ids = {r["batch_job"] for r in rows}
-    assert len(job_ids) == 2 and all(job_ids), rows
+    assert len(job_ids) == 2, rows
+    assert all(job_ids), rows
     for job_id in job_ids:
         state = cluster.job_state(job_id)
         assert state["Partition"] == "debug"

@@ -173,7 +173,8 @@ def test_fedbuff_applies_the_mean_change() -> None:
     deltas = [Update({"w": f32(1.0, 1.0)}, 1), Update({"w": f32(-1.0, 3.0)}, 1)]
     new, _ = FedBuff(buffer_size=2, server_lr=0.5).aggregate_train(GLOBAL, deltas, 2, {})
     np.testing.assert_allclose(new["w"], GLOBAL["w"] + 0.5 * f32(0.0, 2.0))
-    assert FedBuff.update_kind == "delta" and FedBuff.asynchronous
+    assert FedBuff.update_kind == "delta"
+    assert FedBuff.asynchronous
 
 
 def test_client_sampling_is_seeded_and_sized() -> None:
@@ -181,7 +182,8 @@ def test_client_sampling_is_seeded_and_sized() -> None:
     draw = FedAvg().configure_train
     first = draw(1, sites, np.random.default_rng(5), 3)
     assert first == draw(1, sites, np.random.default_rng(5), 3)
-    assert len(first) == 3 and first == sorted(set(first))
+    assert len(first) == 3
+    assert first == sorted(set(first))
     assert draw(1, sites, np.random.default_rng(5), 20) == sites
 
 

@@ -99,8 +99,10 @@ def open_run(
 
 
 def _close_ledger(ledger: ReferenceLedger, warn: Any) -> Any:
-    """An exit callback: evict what is left; a lost store only warns when the run already
-    failed (its own error says more)."""
+    """An exit callback that evicts what is left.
+
+    A lost store only warns when the run already failed (its own error says more).
+    """
 
     def close(exc_type: type[BaseException] | None, *_: Any) -> bool:
         try:

@@ -76,8 +76,11 @@ class ReferenceLedger:
         return result
 
     def drop(self, future: Future[Any]) -> None:
-        """Nobody will use this app's result: evict what it puts once it arrives (at once if it
-        has), and release what it started from then."""
+        """Nobody will use this app's result: evict what it puts once it arrives.
+
+        Eviction is at once if the result has already arrived; what the app started from is
+        released then.
+        """
 
         def settle(done: Future[Any]) -> None:
             if not done.cancelled() and done.exception() is None:
@@ -106,8 +109,10 @@ class ReferenceLedger:
             return {key for key, count in self._counts.items() if count > 0}
 
     def close(self) -> None:
-        """Evict everything left: objects still held, and what apps that finished unclaimed
-        put (apps still running when a run is cut short put objects nobody can know of)."""
+        """Evict everything left: objects still held, and what finished apps put unclaimed.
+
+        Apps still running when a run is cut short put objects nobody can know of.
+        """
         with self._lock:
             finished = [
                 future.result()

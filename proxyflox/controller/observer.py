@@ -23,8 +23,11 @@ class RunObserver:
         """The round's train apps are about to be submitted (asynchronous runs: never)."""
 
     def trained(self, round_number: int, result: TrainResult) -> None:
-        """A site's update arrived in time (asynchronous runs: ``round_number`` is the global
-        version the update will count towards)."""
+        """A site's update arrived in time.
+
+        In asynchronous runs ``round_number`` is the global version the update will count
+        towards.
+        """
 
     def aggregated(self, round_number: int, result: AggregateResult) -> None:
         """A new global model was made."""
@@ -43,26 +46,32 @@ class ObserverList(RunObserver):
         self.observers = list(observers)
 
     def run_started(self, seconds: float) -> None:
+        """Pass the event on to each observer."""
         for observer in self.observers:
             observer.run_started(seconds)
 
     def round_started(self, round_number: int, sites: Sequence[int]) -> None:
+        """Pass the event on to each observer."""
         for observer in self.observers:
             observer.round_started(round_number, sites)
 
     def trained(self, round_number: int, result: TrainResult) -> None:
+        """Pass the event on to each observer."""
         for observer in self.observers:
             observer.trained(round_number, result)
 
     def aggregated(self, round_number: int, result: AggregateResult) -> None:
+        """Pass the event on to each observer."""
         for observer in self.observers:
             observer.aggregated(round_number, result)
 
     def evaluated(self, round_number: int, evaluation: Evaluation) -> None:
+        """Pass the event on to each observer."""
         for observer in self.observers:
             observer.evaluated(round_number, evaluation)
 
     def round_finished(self, round_number: int, row: Mapping[str, Any]) -> None:
+        """Pass the event on to each observer."""
         for observer in self.observers:
             observer.round_finished(round_number, row)
 
@@ -80,6 +89,7 @@ class ProgressLines(RunObserver):
         self.rounds = rounds
 
     def round_finished(self, round_number: int, row: Mapping[str, Any]) -> None:
+        """Print the row's line: accuracy, loss and timings (late and failed sites if any)."""
         if "updates_total" in row:  # an asynchronous run's global version
             self.print_line(
                 f"version {row['round']:>4}  accuracy {row['accuracy']:.4f}"

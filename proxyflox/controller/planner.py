@@ -46,8 +46,11 @@ class Plan:
         return self.setups[self.placement[site]]
 
     def sample(self, strategy: Strategy, round_number: int) -> list[int]:
-        """The sites that train in a round: ``clients_per_round`` or ``fraction`` of all (at
-        least ``min_clients``), drawn from (seed, round) and chosen by the strategy."""
+        """The sites that train in a round, chosen by the strategy.
+
+        ``clients_per_round`` or ``fraction`` of all sites (at least ``min_clients``), drawn
+        from (seed, round).
+        """
         count = self.num_sites
         if self.clients_per_round is not None:
             count = min(self.clients_per_round, self.num_sites)
@@ -83,8 +86,11 @@ def plan_run(config: ExperimentConfig, deployment: Deployment) -> Plan:
 
 
 def executor_options(config: ExperimentConfig, deployment: Deployment) -> dict[str, SiteOptions]:
-    """Every executor's options: the store backend's, then the config module's, then the
-    experiment's ``site_options``, field by field."""
+    """Every executor's options, merged field by field.
+
+    The store backend's come first, then the config module's, then the experiment's
+    ``site_options``.
+    """
     options = deployment.options_for(config)
     if config.transfer != "proxy":
         return options

@@ -1,5 +1,7 @@
-"""The run's records as the controller writes them: ``rounds.csv``, ``sites.csv``,
-``updates.csv`` and ``partition.csv`` (formats in :mod:`proxyflox.results`).
+"""The run's records as the controller writes them.
+
+``rounds.csv``, ``sites.csv``, ``updates.csv`` and ``partition.csv`` (formats in
+:mod:`proxyflox.results`).
 
 Every row is flushed as it is written, so a stopped run keeps every finished round.
 """
@@ -92,8 +94,10 @@ class RunRecords:
     def write_partition(
         self, updates: Sequence[TrainResult], local_evaluations: Sequence[Evaluation]
     ) -> None:
-        """``partition.csv`` from the class counts the sites reported: the controller never
-        loads data to know how it is split."""
+        """``partition.csv`` from the class counts the sites reported.
+
+        The controller never loads data to know how it is split.
+        """
         rows = [
             {
                 "site": result.site,

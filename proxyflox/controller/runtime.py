@@ -122,8 +122,7 @@ class ParslRuntime:
     # -- the apps --------------------------------------------------------------------------------
 
     def init(self, resume_from: Path | None = None) -> Future[GlobalModel]:
-        """The initial global model, built (or read from a checkpoint) and put on the
-        aggregator."""
+        """The initial global model, built (or read from a checkpoint) and put on the aggregator."""
         task = InitTask(
             self.plan.setups[self.plan.aggregator],
             self.store_config,
@@ -156,8 +155,10 @@ class ParslRuntime:
         save_path: Path | None = None,
         checkpoint_dir: Path | None = None,
     ) -> Future[AggregateResult]:
-        """The next global model, on the aggregator. The task carries each update's key and
-        sample count, and the store config once."""
+        """The next global model, on the aggregator.
+
+        The task carries each update's key and sample count, and the store config once.
+        """
         task = AggregateTask(
             strategy=strategy,
             global_weights=key_of(global_model.weights),

@@ -51,8 +51,11 @@ class RunStore:
             ) from err
 
     def close(self) -> None:
-        """Close the store; remove the run's own store directory (it may hold objects of apps
-        an interrupt cut off), and leave a given shared directory alone, saying what is in it."""
+        """Close the store and clean up after it.
+
+        The run's own store directory is removed (it may hold objects of apps an interrupt cut
+        off); a given shared directory is left alone, with a warning of what is in it.
+        """
         self.store.close()
         if self.settings.backend != "file":
             return

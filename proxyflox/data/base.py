@@ -25,6 +25,7 @@ class ArrayDataset:
         return len(self.y)
 
     def subset(self, indices: np.ndarray) -> ArrayDataset:
+        """The samples at ``indices``, in that order."""
         return ArrayDataset(self.x[indices], self.y[indices])
 
 
@@ -45,6 +46,8 @@ class DatasetInfo:
 
 @dataclass(frozen=True)
 class DatasetSplits:
+    """Both splits of a dataset and its classes (what :func:`proxyflox.data.load_dataset` gives)."""
+
     train: ArrayDataset
     test: ArrayDataset
     num_classes: int
@@ -52,6 +55,7 @@ class DatasetSplits:
 
     @property
     def input_shape(self) -> tuple[int, ...]:
+        """(C, H, W) of one input."""
         return tuple(self.train.x.shape[1:])
 
 
@@ -94,8 +98,12 @@ def torchvision_dataset(
 
 
 def images_to_array(images: np.ndarray, *, channels_last: bool = False) -> np.ndarray:
-    """uint8 images (N, H, W), (N, C, H, W) or with ``channels_last`` (N, H, W, C) ->
-    float32 (N, C, H, W) in [0, 1]."""
+    """Images as float32 (N, C, H, W) in [0, 1].
+
+    Args:
+        images: uint8 (N, H, W), (N, C, H, W), or (N, H, W, C) with ``channels_last``.
+        channels_last: Whether 4-dimensional ``images`` hold their channels last.
+    """
     if images.ndim == 3:
         images = images[:, None, :, :]
     elif channels_last:

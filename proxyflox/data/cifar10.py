@@ -1,5 +1,8 @@
-"""CIFAR-10 through torchvision: the python pickle batches under
-``data_dir/cifar-10-batches-py/``, verified against torchvision's published MD5 sums."""
+"""CIFAR-10 through torchvision.
+
+Reads the python pickle batches under ``data_dir/cifar-10-batches-py/``, verified against
+torchvision's published MD5 sums.
+"""
 
 from __future__ import annotations
 

@@ -40,6 +40,7 @@ class LocalData:
 
     @property
     def info(self) -> DatasetInfo:
+        """What building a model needs to know about this data."""
         return DatasetInfo(tuple(self.train.x.shape[1:]), len(self.classes), self.classes)
 
 
@@ -97,8 +98,10 @@ def _class_folders(directory: Path) -> list[str]:
 
 
 class _KnownClassesFolder(ImageFolder):
-    """ImageFolder numbering classes by a given list instead of by the folders it finds, so
-    a site with only some of the classes still labels them as everyone else does."""
+    """ImageFolder numbering classes by a given list instead of by the folders it finds.
+
+    A site with only some of the classes thus still labels them as everyone else does.
+    """
 
     def __init__(self, root: Path, classes: tuple[str, ...]) -> None:
         self._known = classes  # read by find_classes, which the base __init__ calls

@@ -36,4 +36,5 @@ class DepthCNN(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Class scores (logits) of a batch of inputs (N, C, H, W)."""
         return self.classifier(self.features(x))

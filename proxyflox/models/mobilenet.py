@@ -28,14 +28,17 @@ STEM_CHANNELS = 32
 
 
 def scaled_channels(channels: int, width_multiplier: float) -> int:
-    """``channels x width_multiplier`` rounded to a multiple of 8 (at least 8), as MobileNets do
-    to keep layer widths friendly to vectorised kernels."""
+    """``channels x width_multiplier`` rounded to a multiple of 8 (at least 8).
+
+    As MobileNets do, to keep layer widths friendly to vectorised kernels.
+    """
     return max(8, round(channels * width_multiplier / 8) * 8)
 
 
 class MobileNetLike(nn.Module):
-    """Conv3x3 stem, 13 depthwise-separable blocks (3x3 depthwise + 1x1 pointwise, each with
-    BatchNorm and ReLU), global average pooling, one dense layer.
+    """Conv3x3 stem, 13 depthwise-separable blocks, global average pooling, one dense layer.
+
+    Each block is a 3x3 depthwise and a 1x1 pointwise convolution, each with BatchNorm and ReLU.
 
     At ``width_multiplier`` 1.0 on CIFAR-10 (3x32x32, 10 classes): 3.22 M parameters, 13.0 MB of
     float32 state; the parameter count shrinks about with the multiplier's square.
@@ -64,4 +67,5 @@ class MobileNetLike(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Class scores (logits) of a batch of inputs (N, C, H, W)."""
         return self.classifier(self.features(x))

@@ -89,9 +89,11 @@ def open_app_store(store_config: StoreConfig | None) -> Store[Any] | None:
 
 
 def store_of(ref: WeightsRef) -> Store[Any] | None:
-    """The store a proxy's object lives in, from the config inside the proxy (``None``: the
-    weights travel directly). A site puts its update where its global model came from, so the
-    store config travels once, inside the proxy."""
+    """The store a proxy's object lives in, from the config inside the proxy.
+
+    ``None``: the weights travel directly. A site puts its update where its global model came
+    from, so the store config travels once, inside the proxy.
+    """
     if not isinstance(ref, Proxy):
         return None
     factory = cast(StoreFactory[Any, Weights], get_factory(ref))
@@ -130,8 +132,10 @@ def resolve_weights(ref: WeightsRef, store: Store[Any] | None = None) -> tuple[W
 
 
 def key_of(ref: WeightsRef) -> WeightsRef:
-    """The store key behind a proxy, read without resolving it (the arrays of direct transfer
-    pass through)."""
+    """The store key behind a proxy, read without resolving it.
+
+    The arrays of direct transfer pass through.
+    """
     return get_key(ref) if isinstance(ref, Proxy) else ref
 
 

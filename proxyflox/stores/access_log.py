@@ -37,9 +37,11 @@ class AccessLogConnector:
             log.write(f"{os.getpid()}\t{op}\t{key}\n")
 
     def close(self) -> None:
+        """Close the inner connector."""
         self.inner.close()
 
     def config(self) -> dict[str, Any]:
+        """The inner connector's config (as a dict) and the log path, for other processes."""
         return {
             "inner": ConnectorConfig(
                 kind=get_object_path(type(self.inner)), options=self.inner.config()
@@ -49,30 +51,37 @@ class AccessLogConnector:
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> AccessLogConnector:
+        """Rebuild the wrapper, and the inner connector, from :meth:`config`."""
         return cls(**config)
 
     def evict(self, key: Any) -> None:
+        """Log, then evict the object."""
         self._log("evict", key)
         self.inner.evict(key)
 
     def exists(self, key: Any) -> bool:
+        """Whether the inner connector holds ``key`` (not logged)."""
         return self.inner.exists(key)
 
     def get(self, key: Any) -> BytesLike | None:
+        """Log, then get the object's bytes."""
         self._log("get", key)
         return self.inner.get(key)
 
     def get_batch(self, keys: Sequence[Any]) -> list[BytesLike | None]:
+        """Log each key, then get the objects' bytes."""
         for key in keys:
             self._log("get", key)
         return self.inner.get_batch(keys)
 
     def put(self, obj: BytesLike) -> Any:
+        """Put the bytes, then log their new key."""
         key = self.inner.put(obj)
         self._log("put", key)
         return key
 
     def put_batch(self, objs: Sequence[BytesLike]) -> list[Any]:
+        """Put the objects, then log each new key."""
         keys = self.inner.put_batch(objs)
         for key in keys:
             self._log("put", key)

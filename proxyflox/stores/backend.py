@@ -26,6 +26,8 @@ class StoreBackend(Protocol):
         ...
 
     def site_options(self, settings: StoreSettings) -> dict[str, dict[str, str]]:
-        """Per-executor site options the backend needs, by label (e.g. each site's
-        ``{"proxystore_home": ...}``)."""
+        """Per-executor site options the backend needs, by label.
+
+        For example each site's ``{"proxystore_home": ...}``.
+        """
         ...

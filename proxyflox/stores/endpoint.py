@@ -1,5 +1,7 @@
-"""ProxyStore Endpoint store: one endpoint per site, objects stay on the site that put them and
-are fetched peer to peer (WebRTC, brokered by a relay server) by whoever resolves them.
+"""ProxyStore Endpoint store: one endpoint per site, objects fetched peer to peer.
+
+Objects stay on the site that put them and are fetched peer to peer (WebRTC, brokered by a
+relay server) by whoever resolves them.
 
 Every process uses the endpoint found in its ProxyStore home: a Pi's default home where
 ``proxystore-endpoint configure`` put its endpoint, or, for several sites on one machine, the
@@ -32,18 +34,23 @@ from proxyflox.stores.settings import StoreSettings
 
 @dataclass(frozen=True)
 class EndpointInfo:
+    """One executor's endpoint in the endpoints file: its UUID and optional ProxyStore home."""
+
     uuid: str
     home: str | None = None
 
 
 @dataclass(frozen=True)
 class EndpointsFile:
+    """An endpoints file as read: the relay, the endpoints by label, the controller's home."""
+
     relay: str
     endpoints: dict[str, EndpointInfo]
     controller_home: str | None = None
 
     @property
     def uuids(self) -> list[str]:
+        """Every endpoint's UUID, in file order."""
         return [info.uuid for info in self.endpoints.values()]
 
 
@@ -87,12 +94,14 @@ class EndpointBackend:
     """Objects kept by the ProxyStore endpoint of the process that put them."""
 
     def describe(self, settings: StoreSettings, run_dir: Path | None) -> str:
+        """``endpoint store (relay ...)``, the relay as the endpoints file gives it."""
         relay = "?"
         if settings.endpoints_file and Path(settings.endpoints_file).is_file():
             relay = read_endpoints_file(settings.endpoints_file).relay
         return f"endpoint store (relay {relay})"
 
     def check(self, settings: StoreSettings) -> None:
+        """Reach the relay, then open (and close) a connector as the controller would."""
         assert settings.endpoints_file is not None  # validated with the settings
         endpoints = read_endpoints_file(settings.endpoints_file)
         host, port = relay_host_port(endpoints.relay)
@@ -105,6 +114,7 @@ class EndpointBackend:
         self.connector(settings, Path()).close()
 
     def connector(self, settings: StoreSettings, run_dir: Path) -> EndpointConnector:
+        """A connector on every endpoint of the file, from the controller's ProxyStore home."""
         assert settings.endpoints_file is not None
         endpoints = read_endpoints_file(settings.endpoints_file)
         if endpoints.controller_home:
@@ -121,6 +131,7 @@ class EndpointBackend:
             ) from None
 
     def site_options(self, settings: StoreSettings) -> dict[str, dict[str, str]]:
+        """Each executor's ``proxystore_home``, where the endpoints file gives one."""
         assert settings.endpoints_file is not None
         endpoints = read_endpoints_file(settings.endpoints_file)
         return {

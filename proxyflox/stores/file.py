@@ -1,5 +1,7 @@
-"""File store: one file per object in a directory every process can read (local disk or a shared
-filesystem). The default on one machine."""
+"""File store: one file per object in a directory every process can read.
+
+The directory is on a local disk or a shared filesystem. The default on one machine.
+"""
 
 from __future__ import annotations
 
@@ -33,10 +35,11 @@ class FileBackend:
     """Objects as files in a directory."""
 
     def describe(self, settings: StoreSettings, run_dir: Path | None) -> str:
+        """``file store in DIRECTORY``."""
         return f"file store in {store_directory(settings, run_dir)}"
 
     def check(self, settings: StoreSettings) -> None:
-        # The run's own directory is created later; a given one must be usable now.
+        """A given directory must be usable now; the run's own is created later."""
         if settings.directory is None:
             return
         directory = Path(settings.directory)
@@ -45,7 +48,9 @@ class FileBackend:
             raise StoreUnreachableError(f"{self.describe(settings, None)}: {parent} does not exist")
 
     def connector(self, settings: StoreSettings, run_dir: Path) -> FileConnector:
+        """A connector on the store directory, which it creates."""
         return file_connector(store_directory(settings, run_dir))
 
     def site_options(self, settings: StoreSettings) -> dict[str, dict[str, str]]:
+        """No per-site options: every process reads the same directory."""
         return {}

@@ -1,5 +1,8 @@
-"""Redis store: a redis-server every site can reach. The password, if any, is read from the
-environment in each process and never enters settings, proxies or logs."""
+"""Redis store: a redis-server every site can reach.
+
+The password, if any, is read from the environment in each process and never enters settings,
+proxies or logs.
+"""
 
 from __future__ import annotations
 
@@ -33,9 +36,11 @@ class RedisBackend:
     """Objects as keys of a Redis server."""
 
     def describe(self, settings: StoreSettings, run_dir: Path | None) -> str:
+        """``redis at HOST:PORT``."""
         return f"redis at {settings.host}:{settings.port}"
 
     def check(self, settings: StoreSettings) -> None:
+        """Ping the server, with the password from the environment if one is set."""
         client = redis.StrictRedis(
             host=settings.host,
             port=settings.port,
@@ -54,7 +59,9 @@ class RedisBackend:
             client.close()
 
     def connector(self, settings: StoreSettings, run_dir: Path) -> PasswordRedisConnector:
+        """A connector on the server; its config carries no password."""
         return PasswordRedisConnector(settings.host, settings.port)
 
     def site_options(self, settings: StoreSettings) -> dict[str, dict[str, str]]:
+        """No per-site options: every site reaches the same server."""
         return {}

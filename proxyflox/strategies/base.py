@@ -64,6 +64,7 @@ class Strategy:
         return {}
 
     def initial_state(self) -> ServerState:
+        """The state of the first aggregation; FedAvg carries none."""
         return {}
 
     def aggregate_train(
@@ -147,9 +148,11 @@ def is_float(array: np.ndarray) -> bool:
 def step_floats(
     current: Weights, integers_from: Weights, step: Callable[[str, np.ndarray], np.ndarray]
 ) -> Weights:
-    """New weights: ``step(name, array as float64)`` for each float array of ``current`` (cast
-    back to its dtype); integer arrays (e.g. BatchNorm counters) are taken from
-    ``integers_from``."""
+    """New weights with ``step`` applied to the float arrays of ``current``.
+
+    Each float array goes to ``step(name, array as float64)`` and the result is cast back to its
+    dtype; integer arrays (e.g. BatchNorm counters) are taken from ``integers_from``.
+    """
     return {
         name: step(name, array.astype(np.float64)).astype(array.dtype)
         if is_float(array)

@@ -1,5 +1,6 @@
-"""FedAsync (Xie et al., 2019): asynchronous; every arriving model is mixed into the global one
-at once, weighted down by its staleness ``s``:
+"""FedAsync (Xie et al., 2019): asynchronous, each arriving model mixed in at once.
+
+Every arriving model is mixed into the global one, weighted down by its staleness ``s``:
 
     alpha_s = alpha * S(s);   w = (1 - alpha_s) * w + alpha_s * w_site
 
@@ -51,6 +52,7 @@ class FedAsync(Strategy):
         total_samples: int,
         state: ServerState,
     ) -> tuple[Weights, ServerState]:
+        """Mix each update into the model in arrival order; the state passes through unchanged."""
         new = global_weights
         for update in updates:
             mix = self.alpha * staleness_weight(

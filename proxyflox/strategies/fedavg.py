@@ -1,5 +1,7 @@
-"""FedAvg (McMahan et al., 2017): the new global model is the sample-weighted mean of the
-sites' models."""
+"""FedAvg (McMahan et al., 2017): the sample-weighted mean of the sites' models.
+
+The new global model is that mean; the current one is not read.
+"""
 
 from __future__ import annotations
 
@@ -25,4 +27,5 @@ class FedAvg(Strategy):
         total_samples: int,
         state: ServerState,
     ) -> tuple[Weights, ServerState]:
+        """The sample-weighted mean of the updates; the state passes through unchanged."""
         return weighted_mean(updates, total_samples), state

@@ -31,6 +31,7 @@ class FedAvgM(Strategy):
         total_samples: int,
         state: ServerState,
     ) -> tuple[Weights, ServerState]:
+        """Move the model towards the mean with server momentum, kept in ``state["velocity"]``."""
         mean = weighted_mean(updates, total_samples)
         velocity: Weights = dict(state.get("velocity", {}))
 

@@ -1,6 +1,8 @@
-"""FedBuff (Nguyen et al., 2022): asynchronous with a buffer; sites send their model change
-(trained minus received), the server applies the sample-weighted mean of every ``buffer_size``
-changes, ``w = w + server_lr * mean(deltas)``."""
+"""FedBuff (Nguyen et al., 2022): asynchronous, applying buffered model changes.
+
+Sites send their model change (trained minus received); the server applies the sample-weighted
+mean of every ``buffer_size`` changes, ``w = w + server_lr * mean(deltas)``.
+"""
 
 from __future__ import annotations
 
@@ -34,6 +36,7 @@ class FedBuff(Strategy):
         total_samples: int,
         state: ServerState,
     ) -> tuple[Weights, ServerState]:
+        """Add ``server_lr`` times the mean of the buffered changes; the state is unchanged."""
         mean_delta = weighted_mean(updates, total_samples)
         new = step_floats(
             global_weights,

@@ -1,5 +1,6 @@
-"""FedOpt (Reddi et al., 2021, "Adaptive Federated Optimization", Algorithm 2): a server
-optimizer applied to the averaged model change ``delta = mean(updates) - w``.
+"""FedOpt (Reddi et al., 2021, "Adaptive Federated Optimization", Algorithm 2).
+
+A server optimizer applied to the averaged model change ``delta = mean(updates) - w``:
 
     m = beta1 * m + (1 - beta1) * delta
     v = rule(v, delta)                      # FedAdam / FedYogi / FedAdagrad differ only here
@@ -29,6 +30,7 @@ class FedOpt(Strategy):
     tau: float = 1e-3
 
     def second_moment(self, v: np.ndarray, delta: np.ndarray) -> np.ndarray:
+        """The new second moment ``v`` from the old one and this aggregation's ``delta``."""
         raise NotImplementedError
 
     def aggregate_train(
@@ -38,6 +40,7 @@ class FedOpt(Strategy):
         total_samples: int,
         state: ServerState,
     ) -> tuple[Weights, ServerState]:
+        """One optimizer step on the mean change, moments kept in ``state["m"]``/``["v"]``."""
         mean = weighted_mean(updates, total_samples)
         m_all: Weights = dict(state.get("m", {}))
         v_all: Weights = dict(state.get("v", {}))

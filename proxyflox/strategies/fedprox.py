@@ -1,6 +1,9 @@
-"""FedProx (Li et al., 2020): FedAvg on the server; each site adds the proximal term
-``mu/2 * ||w - w_global||^2`` to its local loss, which keeps local models near the global one
-when sites' data differ. With ``mu = 0`` it is FedAvg exactly."""
+"""FedProx (Li et al., 2020): FedAvg with a proximal term in each site's loss.
+
+The server does FedAvg; each site adds ``mu/2 * ||w - w_global||^2`` to its local loss, which
+keeps local models near the global one when sites' data differ. With ``mu = 0`` it is FedAvg
+exactly.
+"""
 
 from __future__ import annotations
 
@@ -18,4 +21,5 @@ class FedProx(FedAvg):
     proximal_mu: float = 0.01
 
     def train_instructions(self) -> dict[str, Any]:
+        """Sites are told ``proximal_mu``, the strength of their proximal term."""
         return {"proximal_mu": self.proximal_mu}
