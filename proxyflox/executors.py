@@ -26,8 +26,11 @@ def worker_launch_cmd(python: str) -> str:
 
 
 def interchange_launch_cmd() -> list[str]:
-    """The interchange, started by the controller's own interpreter in a session of its own
-    and ended with the controller (see :mod:`proxyflox.lifeline`)."""
+    """The interchange, started by the controller's own interpreter.
+
+    It runs in a session of its own and ends with the controller (see
+    :mod:`proxyflox.lifeline`).
+    """
     interchange = str(Path(sys.executable).parent / "interchange.py")
     return [sys.executable, "-m", "proxyflox.lifeline", sys.executable, interchange]
 
