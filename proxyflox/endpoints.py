@@ -23,6 +23,7 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import yaml
 from proxystore.endpoint.config import read_config
 
@@ -32,6 +33,8 @@ from proxyflox.stores.endpoint import read_endpoints_file, relay_host_port
 
 BIN = Path(sys.executable).parent
 ENDPOINTS_FILE = "endpoints.yaml"
+#: What ``up`` created in its directory; ``down`` removes that and nothing else.
+MANIFEST = "created-by-up.yaml"
 
 
 def free_port(host: str) -> int:
@@ -72,21 +75,33 @@ def up(directory: Path, labels: list[str], host: str = "127.0.0.1") -> Path:
     """Start a relay and one endpoint per label; return the endpoints file.
 
     Raises:
-        RuntimeError: if something does not start; whatever did start is stopped again.
+        RuntimeError: if something does not start, or ``directory`` cannot be used; whatever
+            did start is stopped again.
     """
-    if (directory / ENDPOINTS_FILE).exists():
+    if (directory / MANIFEST).exists() or (directory / ENDPOINTS_FILE).exists():
         raise RuntimeError(f"{directory} already has endpoints; run `down --dir {directory}` first")
-    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    created = not directory.exists()
+    try:
+        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        clashes = [label for label in [*labels, "relay"] if (directory / label).exists()]
+        if clashes:
+            raise RuntimeError(f"{directory} already holds {', '.join(clashes)}; use a new --dir")
+        manifest = {"created_dir": created, "labels": labels, "relay": None}
+        _write_manifest(directory, manifest)
+    except OSError as err:
+        raise RuntimeError(f"--dir {directory} cannot be used: {err.strerror or err}") from None
     relay_port = free_port(host)
-    relay_log = directory / "relay"
     relay = subprocess.Popen(
         [str(BIN / "proxystore-relay"), "--host", host, "--port", str(relay_port),
-         "--log-dir", str(relay_log)],
+         "--log-dir", str(directory / "relay")],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,  # outlives this command, until `down`
     )  # fmt: skip
-    (directory / "relay.pid").write_text(str(relay.pid))
+    # The pid and the start time: a stale pid that the system gave to another process since
+    # is never signalled.
+    manifest["relay"] = {"pid": relay.pid, "started": psutil.Process(relay.pid).create_time()}
+    _write_manifest(directory, manifest)
     relay_address = f"ws://{host}:{relay_port}"
     endpoints: dict[str, dict[str, str]] = {}
     try:
@@ -107,7 +122,8 @@ def up(directory: Path, labels: list[str], host: str = "127.0.0.1") -> Path:
             uuid = read_config(str(home / label)).uuid
             endpoints[label] = {"uuid": str(uuid), "home": str(home.resolve())}
     except BaseException:
-        _stop(directory, list(endpoints) + [label for label in labels if label not in endpoints])
+        _stop(directory, manifest)
+        _remove_created(directory, manifest)
         raise
     path = directory / ENDPOINTS_FILE
     path.write_text(
@@ -125,22 +141,65 @@ def up(directory: Path, labels: list[str], host: str = "127.0.0.1") -> Path:
 
 
 def down(directory: Path) -> None:
-    """Stop the endpoints and relay that ``up`` started in ``directory``, and remove it."""
-    path = directory / ENDPOINTS_FILE
-    labels = list(read_endpoints_file(path).endpoints) if path.exists() else []
-    _stop(directory, labels)
-    shutil.rmtree(directory, ignore_errors=True)
+    """Stop the endpoints and relay that ``up`` started in ``directory``; remove what it made.
+
+    Raises:
+        RuntimeError: ``directory`` was not made by ``up`` (nothing is touched then).
+    """
+    manifest_path = directory / MANIFEST
+    try:
+        manifest = yaml.safe_load(manifest_path.read_text())
+    except OSError:
+        raise RuntimeError(
+            f"{directory} was not set up by `python -m proxyflox.endpoints up` (it has no "
+            f"{MANIFEST}); nothing stopped or removed"
+        ) from None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("labels"), list):
+        raise RuntimeError(f"{manifest_path} is corrupt; nothing stopped or removed")
+    _stop(directory, manifest)
+    _remove_created(directory, manifest)
 
 
-def _stop(directory: Path, labels: list[str]) -> None:
-    for label in labels:
-        if (directory / label / label).is_dir():
-            endpoint_command(directory / label, "stop", label)
-    pid_file = directory / "relay.pid"
-    if pid_file.exists():
+def _write_manifest(directory: Path, manifest: dict[str, object]) -> None:
+    (directory / MANIFEST).write_text(
+        "# What python -m proxyflox.endpoints up created here; down removes only this.\n"
+        + yaml.safe_dump(manifest, sort_keys=False)
+    )
+
+
+def _stop(directory: Path, manifest: dict[str, object]) -> None:
+    labels = manifest.get("labels") or []
+    for label in labels if isinstance(labels, list) else []:
+        if (directory / str(label) / str(label)).is_dir():
+            endpoint_command(directory / str(label), "stop", str(label))
+    relay = manifest.get("relay")
+    if isinstance(relay, dict) and _is_our_relay(relay):
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(int(pid_file.read_text()), signal.SIGTERM)
-        pid_file.unlink()
+            os.killpg(int(relay["pid"]), signal.SIGTERM)
+
+
+def _is_our_relay(relay: dict[str, object]) -> bool:
+    """Whether the recorded pid is still the relay ``up`` started (same start time, same
+    program), not a process that got the pid later."""
+    try:
+        process = psutil.Process(int(str(relay["pid"])))
+        same_start = abs(process.create_time() - float(str(relay["started"]))) < 0.01
+        return same_start and "proxystore-relay" in " ".join(process.cmdline())
+    except (psutil.Error, KeyError, ValueError):
+        return False
+
+
+def _remove_created(directory: Path, manifest: dict[str, object]) -> None:
+    """Remove what ``up`` created: the endpoints' homes, the relay's logs, its own files, and
+    the directory itself if ``up`` made it and nothing else is left in it."""
+    labels = manifest.get("labels") or []
+    for name in [*(labels if isinstance(labels, list) else []), "relay"]:
+        shutil.rmtree(directory / str(name), ignore_errors=True)
+    for name in (ENDPOINTS_FILE, MANIFEST):
+        (directory / name).unlink(missing_ok=True)
+    if manifest.get("created_dir"):
+        with contextlib.suppress(OSError):
+            directory.rmdir()  # only if empty: never what someone else put there
 
 
 def main(argv: list[str] | None = None) -> int:

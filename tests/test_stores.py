@@ -12,8 +12,10 @@ from pathlib import Path
 import psutil
 import pytest
 import torch
+import yaml
 from proxystore.connectors.endpoint import EndpointConnector, EndpointKey
 
+from proxyflox.endpoints import MANIFEST
 from proxyflox.stores.endpoint import read_endpoints_file, use_proxystore_home
 from proxyflox.stores.redis import REDIS_PASSWORD_ENV
 from tests.helpers import CLI, bare_env, only_run_dir, run_cli
@@ -161,7 +163,7 @@ def test_a_relay_that_is_down_stops_the_run_before_any_training(tmp_path: Path) 
     directory = tmp_path / "eps"
     with local_endpoints(directory, ["site-0", "aggregator"]) as path:
         relay = read_endpoints_file(path).relay
-        relay_pid = int((directory / "relay.pid").read_text())
+        relay_pid = yaml.safe_load((directory / MANIFEST).read_text())["relay"]["pid"]
         psutil.Process(relay_pid).terminate()
         psutil.Process(relay_pid).wait(10)
         done = run_cli(
