@@ -179,8 +179,10 @@ def _stop(directory: Path, manifest: dict[str, object]) -> None:
 
 
 def _is_our_relay(relay: dict[str, object]) -> bool:
-    """Whether the recorded pid is still the relay ``up`` started (same start time, same
-    program), not a process that got the pid later."""
+    """Whether the recorded pid is still the relay ``up`` started.
+
+    Same start time and same program: not a process that got the pid later.
+    """
     try:
         process = psutil.Process(int(str(relay["pid"])))
         same_start = abs(process.create_time() - float(str(relay["started"]))) < 0.01
@@ -190,8 +192,11 @@ def _is_our_relay(relay: dict[str, object]) -> bool:
 
 
 def _remove_created(directory: Path, manifest: dict[str, object]) -> None:
-    """Remove what ``up`` created: the endpoints' homes, the relay's logs, its own files, and
-    the directory itself if ``up`` made it and nothing else is left in it."""
+    """Remove what ``up`` created, and nothing else.
+
+    That is the endpoints' homes, the relay's logs, its own files, and the directory itself if
+    ``up`` made it and nothing else is left in it.
+    """
     labels = manifest.get("labels") or []
     for name in [*(labels if isinstance(labels, list) else []), "relay"]:
         shutil.rmtree(directory / str(name), ignore_errors=True)

@@ -201,3 +201,18 @@ def test_the_redis_password_is_used_but_never_shown_or_written(tmp_path: Path) -
     written = [p for p in (tmp_path / "runs").rglob("*") if p.is_file()]
     assert any(p.name == "rounds.csv" for p in written)
     assert [p for p in written if password.encode() in p.read_bytes()] == []
+
+
+def test_a_shared_store_directory_keeps_its_mode_and_others_files(tmp_path: Path) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)  # like /tmp
+    (shared / "someone-elses.bin").write_bytes(b"\0" * 10)
+    done = run_cli(
+        "--rounds", "1", "--store.directory", str(shared), "--runs_dir", str(tmp_path / "runs"),
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert (shared.stat().st_mode & 0o7777) == 0o1777
+    assert [p.name for p in shared.iterdir()] == ["someone-elses.bin"]
+    assert "left in" not in done.stderr  # nobody else's files are counted as the run's

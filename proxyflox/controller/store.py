@@ -16,6 +16,7 @@ from proxystore.store.config import StoreConfig
 
 from proxyflox.errors import RunStoppedError
 from proxyflox.stores import BACKENDS, open_store
+from proxyflox.stores.file import store_directory
 from proxyflox.stores.settings import StoreSettings
 
 
@@ -54,18 +55,16 @@ class RunStore:
         """Close the store and clean up after it.
 
         The run's own store directory is removed (it may hold objects of apps an interrupt cut
-        off); a given shared directory is left alone, with a warning of what is in it.
+        off); in a given shared directory that is the run's subdirectory, nothing else.
         """
         self.store.close()
         if self.settings.backend != "file":
             return
-        if self.settings.directory is None:
-            shutil.rmtree(self.run_dir / "store", ignore_errors=True)
-            return
-        directory = Path(self.settings.directory)
-        leftovers = list(directory.iterdir()) if directory.is_dir() else []
-        if leftovers:
-            self.warn(f"warning: {len(leftovers)} object(s) of this run are left in {directory}")
+        directory = store_directory(self.settings, self.run_dir)
+        shutil.rmtree(directory, ignore_errors=True)
+        if directory.exists():
+            left = sum(1 for _ in directory.iterdir())
+            self.warn(f"warning: {left} object(s) of this run are left in {directory}")
 
 
 def no_store_evict(keys: Sequence[Any]) -> None:

@@ -5,6 +5,7 @@ The directory is on a local disk or a shared filesystem. The default on one mach
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 from proxystore.connectors.file import FileConnector
@@ -14,21 +15,36 @@ from proxyflox.stores.settings import StoreSettings
 
 
 def file_connector(directory: Path) -> FileConnector:
-    """A connector on ``directory``, created private to the user (mode 0700).
+    """A connector on ``directory``, the run's own, created private to the user (mode 0700).
 
+    A parent that does not exist yet is created private too; one that exists keeps its mode.
     ``clear=False``: the run evicts its own objects; a worker closing its connector must never
     delete the directory under the others.
     """
-    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    directory.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    directory.mkdir(exist_ok=True, mode=0o700)
     directory.chmod(0o700)
     return FileConnector(str(directory.resolve()), clear=False)
 
 
-def store_directory(settings: StoreSettings, run_dir: Path | None) -> Path:
-    """The configured directory, or ``store/`` inside the run directory."""
+def given_or_default(settings: StoreSettings, run_dir: Path | None) -> Path:
+    """The directory the settings name: ``store.directory``, or ``store/`` in the run directory."""
     if settings.directory is not None:
         return Path(settings.directory)
     return (run_dir or Path("<run directory>")) / "store"
+
+
+def store_directory(settings: StoreSettings, run_dir: Path) -> Path:
+    """Where this run's objects go.
+
+    That is ``store/`` in the run directory, or a directory of the run's own inside
+    ``store.directory``. A given directory may be shared (``/tmp``, a project space): the run
+    never changes its mode, and counts and removes only its own objects.
+    """
+    if settings.directory is None:
+        return run_dir / "store"
+    where = hashlib.sha256(str(run_dir.resolve()).encode()).hexdigest()[:8]
+    return Path(settings.directory) / f"proxyflox-{run_dir.name}-{where}"
 
 
 class FileBackend:
@@ -36,7 +52,7 @@ class FileBackend:
 
     def describe(self, settings: StoreSettings, run_dir: Path | None) -> str:
         """``file store in DIRECTORY``."""
-        return f"file store in {store_directory(settings, run_dir)}"
+        return f"file store in {given_or_default(settings, run_dir)}"
 
     def check(self, settings: StoreSettings) -> None:
         """A given directory must be usable now; the run's own is created later."""
