@@ -100,12 +100,15 @@ DEVICES = ("cpu", "cuda", "mps")
 
 
 def _device(value: str) -> str:
-    if value.split(":", 1)[0] not in DEVICES:
+    kind, has_index, index = value.partition(":")
+    if kind not in DEVICES:
         raise ValueError(unknown_value(value, DEVICES))
+    if has_index and (kind != "cuda" or not index.isdigit()):
+        raise ValueError(f"must be cpu, mps, cuda or cuda:N (N a GPU number), got {value!r}")
     return value
 
 
-#: A torch device: ``cpu``, ``cuda``, ``cuda:1`` or ``mps``.
+#: A torch device: ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
 Device = Annotated[Str, AfterValidator(_device)]
 
 

@@ -104,7 +104,8 @@ class ExperimentConfig(Settings):
     batch_size: Count = 32
     lr: Positive = 0.1
     momentum: Decay = 0.9
-    seed: Int = 0
+    #: Every random draw of the run derives from it (numpy's and scikit-learn's range).
+    seed: Annotated[Int, Field(ge=0, le=2**32 - 1)] = 0
     #: ``proxy``: weights travel through the store; ``direct``: through Parsl (benchmark baseline).
     transfer: Annotated[Str, one_of(TRANSFER_MODES)] = "proxy"
     #: torch intra-op threads inside each train/evaluate app.

@@ -119,6 +119,20 @@ CASES: list[tuple[str, Callable[[Path, Files], list[str]], str]] = [
      "cannot be read"),
     ("resume with new settings", lambda t, w: ["--resume", str(t), "--rounds", "3"],
      "--resume continues a run with the settings in its config.yaml; drop --rounds"),
+    ("device with a bad GPU number",
+     lambda t, w: ["--site_options.site-0.device", "cuda:abc"],
+     "site_options.site-0.device: must be cpu, mps, cuda or cuda:N (N a GPU number)"),
+    ("negative seed", lambda t, w: ["--seed", "-1"], "seed: must be between 0 and 4294967295"),
+    ("seed past 2**32", lambda t, w: ["--seed", str(2**32)],
+     "seed: must be between 0 and 4294967295, got 4294967296"),
+    ("nan learning rate", lambda t, w: ["--lr", "nan"], "lr: must be a finite number, got nan"),
+    ("infinite alpha", lambda t, w: ["--alpha", "inf"], "alpha: must be a finite number"),
+    ("nan deadline", lambda t, w: ["--round_deadline", "nan"],
+     "round_deadline: must be a finite number"),
+    ("nan server lr", lambda t, w: ["--strategy.server_lr", "nan"],
+     "strategy.server_lr: must be a finite number"),
+    ("infinite proximal mu", lambda t, w: ["--strategy.proximal_mu", "inf"],
+     "strategy.proximal_mu: must be a finite number"),
 ]  # fmt: skip
 
 
@@ -155,3 +169,40 @@ def test_debug_shows_the_traceback(tmp_path: Path, capsys: pytest.CaptureFixture
 
 def test_there_are_at_least_25_bad_input_cases() -> None:
     assert len(CASES) >= 25
+
+
+BILLION_LAUGHS = """\
+a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]
+b: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a]
+c: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b]
+d: &d [*c,*c,*c,*c,*c,*c,*c,*c,*c]
+e: &e [*d,*d,*d,*d,*d,*d,*d,*d,*d]
+name: *e
+"""
+
+
+def test_a_yaml_alias_bomb_gives_a_short_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "bomb.yaml").write_text(BILLION_LAUGHS)
+    code = CLI_MODULE.main(
+        ["--experiment", str(tmp_path / "bomb.yaml"), "--runs_dir", str(tmp_path / "runs")]
+    )
+    err = capsys.readouterr().err
+    assert code == 2
+    assert len(err.strip().splitlines()) == 1
+    assert len(err) < 400  # the value is shown cut short, not expanded (9^5 strings)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_key_given_twice_in_the_experiment_file_is_named_with_its_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "twice.yaml").write_text("rounds: 3\nlr: 0.1\nrounds: 5\n")
+    code = CLI_MODULE.main(
+        ["--experiment", str(tmp_path / "twice.yaml"), "--runs_dir", str(tmp_path / "runs")]
+    )
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "duplicate key 'rounds' at line 3" in err
+    assert not (tmp_path / "runs").exists()
