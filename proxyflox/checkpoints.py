@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
-from proxyflox.errors import ConfigError
+from proxyflox.errors import ConfigError, short_repr
+from proxyflox.schema import read_yaml_mapping
 from proxyflox.settings import ExperimentConfig, experiment_from_dict
 from proxyflox.strategies import STRATEGIES
 from proxyflox.weights import Weights
@@ -132,14 +132,12 @@ def find_resume_point(run_dir: str | Path) -> ResumePoint:
     where = f"resume: {run_dir}"
     if not run_dir.is_dir():
         raise ConfigError(f"{where} is not a directory")
-    settings_file = run_dir / "config.yaml"
-    if not settings_file.is_file():
-        raise ConfigError(f"{where} has no config.yaml; is it a run directory?")
-    try:
-        data = yaml.safe_load(settings_file.read_text())
-    except yaml.YAMLError:
-        raise ConfigError(f"{where}/config.yaml is not valid YAML") from None
-    if not isinstance(data, dict) or "parsl_config" not in data:
+    data = read_yaml_mapping(
+        run_dir / "config.yaml",
+        f"{where}/config.yaml",
+        missing=f"{where} has no config.yaml; is it a run directory?",
+    )
+    if "parsl_config" not in data:
         raise ConfigError(f"{where}/config.yaml is not a ProxyFlox run's settings")
     parsl_config = str(data.pop("parsl_config"))
     config = experiment_from_dict(data)
@@ -158,9 +156,27 @@ def find_resume_point(run_dir: str | Path) -> ResumePoint:
         raise ConfigError(f"{where}: {latest} is corrupt ({name!r})") from None
     point = ResumePoint(run_dir, config, parsl_config, round_number)
     read_checkpoint(point.checkpoint)  # fail now, not on the aggregator, if it is corrupt
+    for name in ROUND_LOGS:
+        _check_round_log(run_dir / name, where)
     if round_number >= config.rounds:
         raise ConfigError(f"{where} already finished all {config.rounds} rounds")
     return point
+
+
+def _check_round_log(path: Path, where: str) -> None:
+    """A round log must be readable before resuming rewrites it (its rows are the results)."""
+    if not path.exists():
+        return
+    try:
+        with open(path, newline="", encoding="utf-8") as file:
+            reader = csv.DictReader(file)
+            if "round" not in (reader.fieldnames or []):
+                raise ValueError("no 'round' column")
+            for line, row in enumerate(reader, start=2):
+                if not str(row["round"]).isdigit():
+                    raise ValueError(f"line {line}: round {short_repr(row['round'])}")
+    except (ValueError, UnicodeDecodeError, csv.Error) as err:
+        raise ConfigError(f"{where}/{path.name} is corrupt ({err}); nothing was changed") from None
 
 
 def truncate_round_logs(run_dir: Path, round_number: int) -> None:

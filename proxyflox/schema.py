@@ -312,7 +312,13 @@ def read_yaml_mapping(
     if not path.is_file():
         raise ConfigError(missing or f"{what} does not exist")
     try:
-        loaded = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)
+        loaded = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)
+    except UnicodeDecodeError as err:
+        raise ConfigError(
+            f"{what} is not UTF-8 text (byte 0x{err.object[err.start]:02x} at offset {err.start})"
+        ) from None
+    except OSError as err:
+        raise ConfigError(f"{what} cannot be read: {err.strerror or err}") from None
     except _DuplicateKeyError as err:
         raise ConfigError(f"{what}: {err}") from None
     except yaml.YAMLError as err:

@@ -45,8 +45,11 @@ TRANSFER_MODES = ("proxy", "direct")
 
 
 def _run_name(value: str) -> str:
-    if not value or "/" in value:
-        raise ValueError(f"must be a non-empty name without '/', got {short_repr(value)}")
+    # It names a directory: no separator, no NUL or other control character.
+    if not value or "/" in value or not value.isprintable():
+        raise ValueError(
+            f"must be a non-empty name of printable characters without '/', got {short_repr(value)}"
+        )
     return value
 
 

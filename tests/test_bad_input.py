@@ -50,6 +50,20 @@ def broken_run(tmp_path: Path, write: Files) -> str:
     return str(run_dir)
 
 
+def latin1(tmp_path: Path, name: str) -> str:
+    """A settings file in Latin-1, not UTF-8 (``name: café``)."""
+    path = tmp_path / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes("rounds: 3\nname: caf\u00e9\n".encode("latin-1"))
+    return str(path)
+
+
+def symlink_loop(tmp_path: Path) -> str:
+    (tmp_path / "loop-a").symlink_to(tmp_path / "loop-b")
+    (tmp_path / "loop-b").symlink_to(tmp_path / "loop-a")
+    return str(tmp_path / "loop-a")
+
+
 # (arguments, or a function of (tmp_path, write) giving them) -> expected part of the message
 CASES: list[tuple[str, Callable[[Path, Files], list[str]], str]] = [
     ("malformed YAML", lambda t, w: ["--experiment", w("x.yaml", "rounds: [3\n")],
@@ -133,6 +147,19 @@ CASES: list[tuple[str, Callable[[Path, Files], list[str]], str]] = [
      "strategy.server_lr: must be a finite number"),
     ("infinite proximal mu", lambda t, w: ["--strategy.proximal_mu", "inf"],
      "strategy.proximal_mu: must be a finite number"),
+    ("experiment file not UTF-8", lambda t, w: ["--experiment", latin1(t, "x.yaml")],
+     "x.yaml is not UTF-8 text (byte 0xe9 at offset 19)"),
+    ("resume config.yaml not UTF-8",
+     lambda t, w: ["--resume", str(Path(latin1(t, "r/config.yaml")).parent)],
+     "config.yaml is not UTF-8 text"),
+    ("runs_dir under /proc", lambda t, w: ["--runs_dir", "/proc/proxyflox-runs"],
+     "runs_dir: cannot create a run directory in /proc/proxyflox-runs"),
+    ("runs_dir a regular file", lambda t, w: ["--runs_dir", w("a-file", "")],
+     "a-file: it is not a directory"),
+    ("runs_dir a symlink loop", lambda t, w: ["--runs_dir", symlink_loop(t)],
+     "loop-a: it is not a directory"),
+    ("NUL byte in name", lambda t, w: ["--experiment", w("x.yaml", 'name: "a\\0b"\n')],
+     "name: must be a non-empty name of printable characters without '/', got 'a\\x00b'"),
 ]  # fmt: skip
 
 
@@ -148,7 +175,7 @@ def test_bad_input_gets_one_clear_line_and_exit_2(
 ) -> None:
     runs = tmp_path / "runs"
     argv = args(tmp_path, write)
-    if "--resume" not in argv:  # a resumed run keeps its own directory
+    if "--resume" not in argv and "--runs_dir" not in argv:  # a resumed run keeps its own
         argv += ["--runs_dir", str(runs)]
     code = CLI_MODULE.main(argv)
     captured = capsys.readouterr()

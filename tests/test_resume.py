@@ -105,3 +105,16 @@ def test_checkpoint_time_is_recorded(tmp_path: Path) -> None:
     assert done.returncode == 0
     rows = read_rounds(only_run_dir(tmp_path / "runs"))
     assert all(float(row["checkpoint_seconds"]) > 0 for row in rows)
+
+
+def test_resume_refuses_a_corrupt_round_log_and_changes_nothing(tmp_path: Path) -> None:
+    run_dir = kill_after_round(["--rounds", "6", "--runs_dir", "runs"], tmp_path, 2)
+    rounds = run_dir / "rounds.csv"
+    corrupt = rounds.read_text() + "not a round,at all\n"
+    rounds.write_text(corrupt)
+    done = run_cli("--resume", str(run_dir), cwd=tmp_path)
+    assert done.returncode == 2
+    assert done.stderr.count("\n") == 1
+    assert "rounds.csv is corrupt (line " in done.stderr
+    assert "Traceback" not in done.stderr
+    assert rounds.read_text() == corrupt  # nothing truncated or rewritten

@@ -94,7 +94,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"resuming {run_dir} after round {resume.round_number}", flush=True)
     else:
         # Everything the user typed is valid: only now does the run directory appear.
-        run_dir = create_run_dir(experiment.runs_dir, experiment.name)
+        try:
+            run_dir = create_run_dir(experiment.runs_dir, experiment.name)
+        except OSError as err:
+            given = Path(experiment.runs_dir)
+            exists = given.exists() or given.is_symlink()
+            reason = "it is not a directory" if exists and not given.is_dir() else err.strerror
+            print(
+                f"error: runs_dir: cannot create a run directory in {experiment.runs_dir}: "
+                f"{reason}",
+                file=sys.stderr,
+            )
+            return EXIT_BAD_INPUT
         (run_dir / "config.yaml").write_text(
             to_yaml(experiment, {"parsl_config": str(deployment.path)})
         )
