@@ -26,8 +26,18 @@ class RunStoppedError(RuntimeError):
 
 
 def did_you_mean(word: str, choices: Iterable[str] | Mapping[str, Any]) -> str:
-    """``" (did you mean 'rounds'?)"`` for a near miss, else ``""``."""
-    close = difflib.get_close_matches(word, list(choices), n=1)
+    """``" (did you mean 'rounds'?)"`` for a near miss, else ``""``.
+
+    A word that starts one or a few of the choices (an abbreviation, ``--min``) names those.
+    """
+    choices = list(choices)
+    starting = [choice for choice in choices if choice.startswith(word)] if word else []
+    if len(starting) == 1:
+        return f" (did you mean '{starting[0]}'?)"
+    if starting:
+        shown = ", ".join(f"'{choice}'" for choice in starting[:4])
+        return f" (did you mean one of {shown}{', ...' if len(starting) > 4 else ''}?)"
+    close = difflib.get_close_matches(word, choices, n=1)
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 

@@ -29,7 +29,8 @@ EXIT_RUN_STOPPED = 3
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__)
+    # No abbreviations: `--min 5` must not silently mean --min_clients.
+    parser = argparse.ArgumentParser(description=__doc__, allow_abbrev=False)
     parser.add_argument(
         "--config",
         help="Parsl config: a file path or a name in parsl_configs/ (default: local.py; "
