@@ -1,21 +1,25 @@
-#!/usr/bin/env python3
 """Per-round communication cost of moving model weights: direct (through Parsl) against the file,
 Redis and endpoint stores, over a sweep of model sizes, on parsl_configs/local_htex.py.
 
-    python workflows/bench_transfer.py [--models ...] [--modes ...] [--reps 3] [--rounds 3]
+    python -m benchmarks.transfer [--models ...] [--modes ...] [--reps 3] [--rounds 1]
+
+(from the project root: the benchmark imports ``tests.servers`` for redis-server and the
+endpoints, and its Parsl workers import ``benchmarks``).
 
 Each round is what a FedAvg round does with the weights: the controller sends the global model to
 4 site apps, each resolves it and puts it back as its update (no training: the weights of the
 named model move unchanged), the controller hands the 4 results to the real aggregate app, which
-resolves the updates one at a time, averages them (``weighted_mean``) and puts the new global
-model. Apps, stores and Parsl executors are the project's own; only the training is left out.
+reads the updates one at a time, averages them (``weighted_mean``) and puts the new global
+model. The apps are submitted by the project's ``ParslRuntime`` (which builds the real tasks),
+the stores and Parsl executors are the project's own; only the training is left out.
 
 Per round it records the controller's round time (first train submitted -> aggregate result
 received, one clock), the aggregator's averaging time (measured in the aggregate app), and the
 communication cost = round time - averaging time. Store reads and writes are also timed where
 they happen (in the apps). Once per model and mode it measures the bytes Parsl serializes for a
-train task and an aggregate task (``pack_apply_message`` on the function and arguments the
-controller submits) and for their results (``serialize`` on what the controller receives).
+train task and an aggregate task (``pack_apply_message`` on the function, arguments and keyword
+arguments Parsl handed the executor, with ``train_site``'s own wrapped function in place of the
+synthetic one) and for their results (``serialize`` on what the controller receives).
 Modes run interleaved, their order rotated every repetition; the printed figures are medians over
 all measured rounds.
 """
@@ -27,264 +31,286 @@ import shutil
 import sys
 import tempfile
 import time
-import uuid
+from collections.abc import Callable
+from concurrent.futures import Future
 from contextlib import ExitStack
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import parsl
 from parsl import python_app
 from parsl.app.python import PythonApp
 from parsl.serialize import pack_apply_message, serialize
-from proxyflox.bench import (
+from proxystore.proxy import Proxy, is_resolved
+from proxystore.store.config import StoreConfig
+
+from benchmarks.common import (
     DOCS,
-    MODEL_SPECS,
-    local_endpoints,
+    SWEEP_MODELS,
     median,
     print_machine,
-    redis_server,
+    project_root_on_pythonpath,
     relay_train,
     synthetic_init,
     write_csv,
 )
-from proxystore.proxy import Proxy, is_resolved
-from proxystore.store.base import Store
-
-from proxyflox.apps import aggregate_updates, train_site
-from proxyflox.controller import aggregation_input
-from proxyflox.settings import ExperimentConfig, SiteOptions, StoreSettings, merge_site_options
-from proxyflox.sites import load_deployment, site_executor_labels
-from proxyflox.stores import BACKENDS, evict_weights, open_store
+from proxyflox.apps import train_site
+from proxyflox.controller import AppBodies, plan_run
+from proxyflox.controller.runtime import ParslRuntime
+from proxyflox.controller.store import RunStore
+from proxyflox.messages import AggregateResult, GlobalModel, Instructions, TrainResult
+from proxyflox.settings import ExperimentConfig, load_experiment
+from proxyflox.sites import Deployment, load_deployment, site_executor_labels
+from proxyflox.stores import key_of
 from proxyflox.strategies import build_strategy
+from tests.servers import local_endpoints, redis_server
 
 MODES = ("direct", "file", "redis", "endpoint")
 DEFAULT_MODELS = ("floor", "mobilenet-0.4", "mobilenet-1.0", "resnet18", "resnet50")
 #: What the targets say: proxies >= 3x faster than direct from this size, never slower at ~2 MB.
-LARGE_MB, SMALL_MB, SPEEDUP_TARGET, BYTES_TARGET = 40.0, 3.0, 3.0, 4096
+LARGE_MB, SMALL_MB, SPEEDUP_TARGET = 40.0, 3.0, 3.0
+#: Bytes Parsl ships per task: a train task (and any result) at most 4 KB; an aggregate task at
+#: most 2 KB plus 0.7 KB per update; all of it the same whatever the model size.
+TRAIN_TASK_TARGET, AGGREGATE_BASE_TARGET, AGGREGATE_PER_UPDATE_TARGET = 4096, 2048, 0.7 * 1024
+RESULT_TARGET, CONSTANT_TOLERANCE = 4096, 64
 PARSL_BUFFER_THRESHOLD = 1 << 20  # what HighThroughputExecutor.submit passes
+#: ``train_site`` as Parsl ships it (its ``wrap_error`` wrapper), for counting a train task's
+#: bytes: the benchmark's sites run ``relay_train``, a function of another size.
+TRAIN_SITE_AS_SHIPPED: Callable[..., Any] = PythonApp(train_site).func
+
+
+def aggregate_target(updates: int) -> float:
+    """The most bytes an aggregate task with this many updates may have."""
+    return AGGREGATE_BASE_TARGET + AGGREGATE_PER_UPDATE_TARGET * updates
 
 
 @dataclass
 class Mode:
-    """One way of moving weights: the experiment settings the apps get, and the open store."""
+    """One way of moving weights: the experiment, its store and the runtime that submits its
+    apps (the real tasks, with this mode's store config and executor setups)."""
 
     name: str
     config: ExperimentConfig
-    store: Store[Any] | None
-    options: dict[str, SiteOptions]
+    store: RunStore | None
+    runtime: ParslRuntime
 
     @property
-    def store_config(self) -> Any:
-        return self.store.config() if self.store is not None else None
+    def store_config(self) -> StoreConfig | None:
+        return self.store.config if self.store is not None else None
 
 
-@dataclass
-class Apps:
-    init: Any
-    train: dict[str, Any]
-    aggregate: Any
-    #: The real app functions as Parsl ships them, for counting the bytes of a task.
-    real_train: Any
-    real_aggregate: Any
+def mode_overrides(name: str, tmp: Path, stack: ExitStack, labels: list[str]) -> dict[str, Any]:
+    """The experiment settings of a mode (starting redis-server, relay and endpoints)."""
+    if name == "direct":
+        return {"transfer": "direct"}
+    if name == "file":
+        return {"store.backend": "file"}  # in the mode's own directory, removed at the end
+    if name == "redis":
+        return {"store.backend": "redis", "store.port": stack.enter_context(redis_server())}
+    if name == "endpoint":
+        path = stack.enter_context(local_endpoints(tmp / "endpoints", labels))
+        return {"store.backend": "endpoint", "store.endpoints_file": str(path)}
+    raise SystemExit(f"unknown mode {name!r}; known: {', '.join(MODES)}")
 
 
 def open_modes(
-    names: list[str], deployment_options: Any, tmp: Path, stack: ExitStack, labels: list[str]
+    names: list[str], deployment: Deployment, tmp: Path, stack: ExitStack, labels: list[str]
 ) -> dict[str, Mode]:
-    """The stores of every mode (starting redis-server, relay and endpoints as needed)."""
+    """Every mode's store and runtime. Parsl is loaded once, by the first mode's runtime; the
+    others' apps (bound to the same executors) submit through that one Parsl."""
     modes: dict[str, Mode] = {}
-    base = ExperimentConfig(sites=len(labels) - 1)
     for name in names:
-        if name == "direct":
-            config = replace(base, transfer="direct")
-        elif name == "file":
-            config = replace(base, store=StoreSettings(directory=str(tmp / "file-store")))
-        elif name == "redis":
-            port = stack.enter_context(redis_server())
-            config = replace(base, store=StoreSettings(backend="redis", port=port))
-        elif name == "endpoint":
-            path = stack.enter_context(local_endpoints(tmp / "endpoints", labels))
-            config = replace(
-                base, store=StoreSettings(backend="endpoint", endpoints_file=str(path))
-            )
-        else:
-            raise SystemExit(f"unknown mode {name!r}; known: {', '.join(MODES)}")
-        options = deployment_options(config)
+        overrides = {"sites": len(labels) - 1} | mode_overrides(name, tmp, stack, labels)
+        config = load_experiment(None, overrides)
+        plan = plan_run(config, deployment)
         store = None
         if config.transfer == "proxy":
-            backend = BACKENDS[config.store.backend]
-            extra = backend.site_options(config.store)
-            options = {
-                label: merge_site_options(extra.get(label, SiteOptions()), site)
-                for label, site in options.items()
-            }
-            store = open_store(config.store, tmp, f"bench-{name}-{uuid.uuid4().hex[:8]}")
+            store = RunStore(config.store, tmp / name, print)
             stack.callback(store.close)
-        modes[name] = Mode(name, config, store, options)
+        runtime = ParslRuntime(
+            deployment.parsl_config,
+            plan,
+            tmp,
+            store.config if store is not None else None,
+            retries=0,
+            bodies=AppBodies(train=relay_train),
+        )
+        modes[name] = Mode(name, config, store, runtime)
+    stack.enter_context(modes[names[0]].runtime)
     return modes
 
 
-def evict(mode: Mode, *results: dict[str, Any]) -> None:
-    """Controller: delete the results' objects by key, never reading them."""
-    if mode.store is None:
-        return
-    for result in results:
-        evict_weights(mode.store, result["weights"])
+def evict(mode: Mode, *records: GlobalModel | TrainResult | AggregateResult) -> None:
+    """Controller: delete the records' objects by key, never reading them."""
+    if mode.store is not None:
+        mode.store.evict([key_of(ref) for record in records for ref in record.refs()])
 
 
-def task_bytes(apps: Apps, mode: Mode, round_args: dict[str, Any]) -> dict[str, int]:
-    """Bytes Parsl serializes for one train and one aggregate task and their results."""
-    train_args, aggregate_args, aggregate_kwargs = (
-        round_args["train_args"],
-        round_args["aggregate_args"],
-        round_args["aggregate_kwargs"],
+def shipped_bytes(future: Future[Any], function: Callable[..., Any] | None = None) -> int:
+    """Bytes of the message Parsl's HighThroughputExecutor packed for a task: the function,
+    arguments and keyword arguments Parsl handed it (kept in the task's record), packed as
+    ``HighThroughputExecutor.submit`` packs them; ``function`` in place of the task's own."""
+    record = future.task_record  # type: ignore[attr-defined]  # a Parsl AppFuture
+    return len(
+        pack_apply_message(
+            function or record["func"], record["args"], record["kwargs"], PARSL_BUFFER_THRESHOLD
+        )
     )
-    counts = {
-        "train_task_bytes": len(
-            pack_apply_message(apps.real_train, train_args, {}, PARSL_BUFFER_THRESHOLD)
-        ),
-        "train_result_bytes": len(serialize(round_args["update"], PARSL_BUFFER_THRESHOLD)),
-        "aggregate_task_bytes": len(
+
+
+@dataclass
+class RoundTasks:
+    """One round's first train task and its aggregate task, as submitted, with their results."""
+
+    train: Future[TrainResult]
+    aggregate: Future[AggregateResult]
+
+    def bytes(self) -> dict[str, int]:
+        """Bytes Parsl serializes for one train and one aggregate task and their results."""
+        aggregate_args = self.aggregate.task_record["args"]  # type: ignore[attr-defined]
+        (task,) = aggregate_args
+        one_update = replace(task, updates=task.updates[:1])
+        with_one = len(
             pack_apply_message(
-                apps.real_aggregate, aggregate_args, aggregate_kwargs, PARSL_BUFFER_THRESHOLD
+                self.aggregate.task_record["func"],  # type: ignore[attr-defined]
+                (one_update,),
+                {},
+                PARSL_BUFFER_THRESHOLD,
             )
-        ),
-        "aggregate_result_bytes": len(serialize(round_args["new_global"], PARSL_BUFFER_THRESHOLD)),
-    }
-    if mode.name != "direct" and mode.name not in PROFILED:
-        PROFILED[mode.name] = bytes_profile(apps, round_args)
-    return counts
+        )
+        whole = shipped_bytes(self.aggregate)
+        return {
+            "train_task_bytes": shipped_bytes(self.train, TRAIN_SITE_AS_SHIPPED),
+            "train_result_bytes": len(serialize(self.train.result(), PARSL_BUFFER_THRESHOLD)),
+            "aggregate_task_bytes": whole,
+            "aggregate_updates": len(task.updates),
+            "aggregate_task_bytes_per_update": round(
+                (whole - with_one) / max(1, len(task.updates) - 1)
+            ),
+            "aggregate_result_bytes": len(
+                serialize(self.aggregate.result(), PARSL_BUFFER_THRESHOLD)
+            ),
+        }
+
+    def profile(self) -> list[tuple[str, int]]:
+        """Bytes of each part of a train task and an aggregate task, each part serialized alone
+        (so the parts add up to about, not exactly, the whole message)."""
+        train_record = self.train.task_record  # type: ignore[attr-defined]
+        aggregate_record = self.aggregate.task_record  # type: ignore[attr-defined]
+        setup, site, round_number, global_model, instructions = train_record["args"]
+        (task,) = aggregate_record["args"]
+        proxy = global_model.weights
+        factory = object.__getattribute__(proxy, "__proxy_factory__")
+        default_class = object.__getattribute__(proxy, "__proxy_default_class__")
+        default_hash = object.__getattribute__(proxy, "__proxy_default_hash__")
+        update = task.updates[0]
+        return [
+            (
+                "train task: function (Parsl's wrapper of train_site)",
+                len(serialize(TRAIN_SITE_AS_SHIPPED, PARSL_BUFFER_THRESHOLD)),
+            ),
+            ("train task: SiteSetup", size(setup)),
+            ("  of which DataSpec", size(setup.data)),
+            ("  of which ModelSpec", size(setup.model)),
+            ("train task: GlobalModel", size(global_model)),
+            ("  of which the weights proxy", size(proxy)),
+            ("    proxy: its store key", size(factory.key)),
+            ("    proxy: its StoreConfig", size(factory.store_config)),
+            ("    proxy: default class and hash", size((default_class, default_hash))),
+            ("  of which DatasetInfo", size(global_model.dataset)),
+            ("train task: Instructions", size(instructions)),
+            ("train task: site and round numbers", size((site, round_number))),
+            (
+                "aggregate task: function (wrapper of aggregate_updates)",
+                len(serialize(aggregate_record["func"], PARSL_BUFFER_THRESHOLD)),
+            ),
+            ("aggregate task: AggregateTask", size(task)),
+            ("  of which the strategy", size(task.strategy)),
+            ("  of which the StoreConfig", size(task.store_config)),
+            ("  of which each UpdateRef", size(update)),
+            ("    UpdateRef: its store key", size(update.update)),
+            ("  of which the global model's key", size(task.global_weights)),
+            ("  of which DatasetInfo", size(task.dataset)),
+            (
+                "  of which state, endpoint home, paths",
+                size((task.state, task.proxystore_home, task.save_path, task.checkpoint_dir)),
+            ),
+        ]
+
+
+def size(value: Any) -> int:
+    """Bytes of a value serialized inside a task's arguments, as Parsl serializes them."""
+    return len(serialize({"x": value})) - len(serialize({"x": None}))
 
 
 #: Per store mode: what the bytes of a train task and an aggregate task are made of.
 PROFILED: dict[str, list[tuple[str, int]]] = {}
 
 
-def bytes_profile(apps: Apps, round_args: dict[str, Any]) -> list[tuple[str, int]]:
-    """Bytes of each part of a train task and an aggregate task, each part serialized alone
-    (so the parts add up to about, not exactly, the whole message)."""
-    (config, _site, _n, _round, global_model, store_config, options, instructions) = round_args[
-        "train_args"
-    ]
-    proxy = global_model["weights"]
-    factory = object.__getattribute__(proxy, "__proxy_factory__")
-    cached_hash = object.__getattribute__(proxy, "__proxy_default_hash__")
-    updates = round_args["aggregate_args"][2:]
-
-    def size(value: Any) -> int:
-        return len(serialize({"x": value})) - len(serialize({"x": None}))
-
-    parts = [
-        (
-            "train task: function (Parsl's wrapper of train_site, by value)",
-            len(serialize(apps.real_train)),
-        ),
-        ("train task: ExperimentConfig", size(config)),
-        ("train task: global-model dict", size(dict(global_model))),
-        ("  of which the weights proxy", size({"w": proxy}) - size({"w": None})),
-        ("    proxy: its store key", size(factory.key)),
-        ("    proxy: its StoreConfig copy", size(factory.store_config)),
-        ("    proxy: cached hash (TypeError with traceback)", size(cached_hash)),
-        ("train task: StoreConfig argument", size(store_config)),
-        ("train task: SiteOptions + instructions + ints", size((options, instructions, 0, 4, 1))),
-        (
-            "aggregate task: function (wrapper of aggregate_updates)",
-            len(serialize(apps.real_aggregate)),
-        ),
-        ("aggregate task: each update dict", size(dict(updates[0]))),
-        ("aggregate task: keyword arguments", size(round_args["aggregate_kwargs"])),
-    ]
-    return parts
-
-
 def run_block(
-    apps: Apps,
     mode: Mode,
+    init: Any,
     model: str,
-    labels: list[str],
-    aggregator: str,
     rounds: int,
     warmup: int,
     rep: int,
     count_bytes: bool,
 ) -> tuple[list[dict[str, Any]], dict[str, int]]:
     """Rounds of one model in one mode; one row per measured round, and the bytes per task."""
-    config, store_config = mode.config, mode.store_config
-    strategy = build_strategy(config.strategy)
-    instructions = {"update_kind": strategy.update_kind}
-    global_model = apps.init(model, store_config, mode.options[aggregator]).result()
+    runtime = mode.runtime
+    plan = runtime.plan
+    strategy = build_strategy(mode.config.strategy)
+    instructions = Instructions(**strategy.train_instructions(), update_kind=strategy.update_kind)
+    home = plan.setups[plan.aggregator].proxystore_home
+    global_model: GlobalModel = init(model, mode.store_config, home).result()
     rows: list[dict[str, Any]] = []
     counts: dict[str, int] = {}
     for round_number in range(1, warmup + rounds + 1):
-        train_args = [
-            (
-                config,
-                site,
-                len(labels),
-                round_number,
-                global_model,
-                store_config,
-                mode.options[label],
-                instructions,
-            )
-            for site, label in enumerate(labels)
-        ]
-        aggregate_kwargs = {
-            "staleness": [],
-            "state": None,
-            "store_config": store_config,
-            "save_path": None,
-            "checkpoint_dir": None,
-            "options": mode.options[aggregator],
-        }
         start = time.perf_counter()
-        futures = [apps.train[label](*args) for label, args in zip(labels, train_args, strict=True)]
-        updates = [future.result() for future in futures]
-        inputs = [aggregation_input(update) for update in updates]
-        aggregate = apps.aggregate(strategy, global_model, *inputs, **aggregate_kwargs)
+        trains = [
+            runtime.train(site, round_number, global_model, instructions)
+            for site in range(plan.num_sites)
+        ]
+        updates = [future.result() for future in trains]
+        aggregate = runtime.aggregate(strategy, global_model, updates)
         new_global = aggregate.result()
         round_seconds = time.perf_counter() - start
 
-        for result in (*updates, new_global):
-            ref = result["weights"]
-            if isinstance(ref, Proxy) and is_resolved(ref):
-                raise AssertionError("the controller resolved a weights proxy")
+        received: list[TrainResult | AggregateResult] = [*updates, new_global]
+        for record in received:
+            for ref in record.refs():
+                if isinstance(ref, Proxy) and is_resolved(ref):
+                    raise AssertionError("the controller resolved a weights proxy")
         if count_bytes and round_number == warmup + 1:
-            counts = task_bytes(
-                apps,
-                mode,
-                {
-                    "train_args": train_args[0],
-                    "update": updates[0],
-                    "new_global": new_global,
-                    "aggregate_args": (strategy, global_model, *inputs),
-                    "aggregate_kwargs": aggregate_kwargs,
-                },
-            )
+            tasks = RoundTasks(trains[0], aggregate)
+            counts = tasks.bytes()
+            if mode.name != "direct" and mode.name not in PROFILED:
+                PROFILED[mode.name] = tasks.profile()
+            del tasks
+        del trains, aggregate  # their task records hold the arguments (direct: the weights)
         evict(mode, global_model, *updates)
-        global_model = new_global
+        global_model = new_global.model
         if round_number <= warmup:
             continue
-        site_store = [u["resolve_seconds"] + u["put_seconds"] for u in updates]
+        site_store = [u.resolve_seconds + u.put_seconds for u in updates]
         rows.append(
             {
                 "model": model,
-                "model_mb": new_global["model_bytes"] / 1e6,
+                "model_mb": new_global.model_bytes / 1e6,
                 "mode": mode.name,
                 "rep": rep,
                 "round": round_number - warmup,
                 "round_seconds": round_seconds,
-                "aggregate_seconds": new_global["aggregate_seconds"],
-                "comm_seconds": round_seconds - new_global["aggregate_seconds"],
-                "site_resolve_seconds_max": max(u["resolve_seconds"] for u in updates),
-                "site_put_seconds_max": max(u["put_seconds"] for u in updates),
+                "aggregate_seconds": new_global.aggregate_seconds,
+                "comm_seconds": round_seconds - new_global.aggregate_seconds,
+                "site_resolve_seconds_max": max(u.resolve_seconds for u in updates),
+                "site_put_seconds_max": max(u.put_seconds for u in updates),
                 "site_store_seconds_max": max(site_store),
-                "aggregate_resolve_seconds": new_global["resolve_seconds"],
-                "aggregate_put_seconds": new_global["put_seconds"],
+                "aggregate_resolve_seconds": new_global.resolve_seconds,
+                "aggregate_put_seconds": new_global.put_seconds,
                 "store_seconds_critical": max(site_store)
-                + new_global["resolve_seconds"]
-                + new_global["put_seconds"],
+                + new_global.resolve_seconds
+                + new_global.put_seconds,
             }
         )
     evict(mode, global_model)
@@ -367,28 +393,59 @@ def report(summary: list[dict[str, Any]], modes: list[str]) -> list[str]:
                 f"{e['mode']} at {e['model_mb']:.1f} MB: {e['speedup_vs_direct']:.2f}x "
                 f"direct's speed (target: never slower, >= 1x): {verdict}"
             )
-        biggest = max(
-            e.get(k, 0)
-            for k in (
-                "train_task_bytes",
-                "aggregate_task_bytes",
-                "train_result_bytes",
-                "aggregate_result_bytes",
-            )
-        )
-        if biggest > BYTES_TARGET:
-            lines.append(
-                f"{e['mode']} at {e['model_mb']:.1f} MB: largest Parsl message "
-                f"{biggest:,} B (target <= {BYTES_TARGET:,} B): MISSED"
-            )
+    lines += bytes_targets(summary, proxies)
     for mode, parts in PROFILED.items():
         print(f"\nbytes profile, {mode} store (each part serialized alone):")
         for what, count in parts:
-            print(f"  {what:<62}{count:>7,}")
+            print(f"  {what:<64}{count:>7,}")
     print("\ntargets:")
     for line in lines:
         print("  " + line)
     return lines
+
+
+def bytes_targets(summary: list[dict[str, Any]], modes: list[str]) -> list[str]:
+    """The targets on Parsl's bytes per task, per store mode, over every model measured."""
+    lines = []
+    for mode in modes:
+        mine = [e for e in summary if e["mode"] == mode and "train_task_bytes" in e]
+        if not mine:
+            continue
+        train = max(e["train_task_bytes"] for e in mine)
+        aggregate = max(e["aggregate_task_bytes"] for e in mine)
+        updates = mine[0]["aggregate_updates"]
+        allowed = aggregate_target(updates)
+        per_update = max(e["aggregate_task_bytes_per_update"] for e in mine)
+        result = max(max(e["train_result_bytes"], e["aggregate_result_bytes"]) for e in mine)
+        lines.append(
+            f"{mode}: train task {train:,} B (target <= {TRAIN_TASK_TARGET:,} B): "
+            + _verdict(train, TRAIN_TASK_TARGET)
+        )
+        lines.append(
+            f"{mode}: aggregate task with {updates} updates {aggregate:,} B, {per_update:,} B per "
+            f"update (target <= {AGGREGATE_BASE_TARGET:,} + {AGGREGATE_PER_UPDATE_TARGET:.0f} "
+            f"per update = {allowed:,.0f} B): " + _verdict(aggregate, allowed)
+        )
+        lines.append(
+            f"{mode}: largest result {result:,} B (target <= {RESULT_TARGET:,} B): "
+            + _verdict(result, RESULT_TARGET)
+        )
+        if len(mine) > 1:
+            spread = max(
+                max(e[key] for e in mine) - min(e[key] for e in mine)
+                for key in ("train_task_bytes", "aggregate_task_bytes")
+            )
+            sizes = f"{min(e['model_mb'] for e in mine):.3f}-{max(e['model_mb'] for e in mine):.1f}"
+            lines.append(
+                f"{mode}: task bytes differ by at most {spread} B over {sizes} MB (target: "
+                f"constant in model size, within {CONSTANT_TOLERANCE} B): "
+                + ("met" if spread <= CONSTANT_TOLERANCE else "MISSED")
+            )
+    return lines
+
+
+def _verdict(value: float, target: float) -> str:
+    return "met" if value <= target else f"MISSED by {value - target:,.0f} B"
 
 
 def plot(summary: list[dict[str, Any]], modes: list[str], path: Path) -> None:
@@ -430,7 +487,7 @@ def plot(summary: list[dict[str, Any]], modes: list[str], path: Path) -> None:
         ylabel="direct comm / proxy comm",
         title="speedup over direct",
     )
-    axes[2].axhline(BYTES_TARGET, color="grey", linestyle="--", label="4 KB target")
+    axes[2].axhline(TRAIN_TASK_TARGET, color="grey", linestyle="--", label="4 KB train task target")
     axes[2].set(
         xscale="log",
         yscale="log",
@@ -452,7 +509,7 @@ def main(argv: list[str] | None = None) -> int:
         "--models",
         nargs="+",
         default=list(DEFAULT_MODELS),
-        choices=list(MODEL_SPECS),
+        choices=list(SWEEP_MODELS),
         help="models to sweep",
     )
     parser.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES))
@@ -475,9 +532,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     print_machine()
+    project_root_on_pythonpath()  # the workers unpickle the benchmark's app bodies
     tmp = Path(tempfile.mkdtemp(prefix="proxyflox-bench-transfer-"))
     deployment = load_deployment(args.config)
-    deployment.parsl_config.run_dir = str(tmp / "parsl")
     deployment.parsl_config.initialize_logging = not args.no_parsl_log
     aggregator = "aggregator"
     labels = site_executor_labels(deployment.parsl_config, aggregator)
@@ -485,25 +542,14 @@ def main(argv: list[str] | None = None) -> int:
     counts: dict[tuple[str, str], dict[str, int]] = {}
     try:
         with ExitStack() as stack:
-            modes = open_modes(
-                args.modes, deployment.options_for, tmp, stack, [*labels, aggregator]
-            )
-            dfk = parsl.load(deployment.parsl_config)
-            stack.callback(parsl.clear)
-            stack.callback(dfk.cleanup)
-            apps = Apps(
-                init=python_app(synthetic_init, executors=[aggregator]),
-                train={label: python_app(relay_train, executors=[label]) for label in labels},
-                aggregate=python_app(aggregate_updates, executors=[aggregator]),
-                real_train=PythonApp(train_site, executors=[labels[0]]).func,
-                real_aggregate=PythonApp(aggregate_updates, executors=[aggregator]).func,
-            )
+            modes = open_modes(args.modes, deployment, tmp, stack, [*labels, aggregator])
+            init = python_app(synthetic_init, executors=[aggregator])
             print(
                 f"starting workers; modes {', '.join(modes)}; models {', '.join(args.models)}",
                 flush=True,
             )
             for mode in modes.values():  # warm every worker and store connection
-                run_block(apps, mode, "floor", labels, aggregator, 1, 1, -1, False)
+                run_block(mode, init, "floor", 1, 1, -1, False)
             for rep in range(args.reps):
                 for model in args.models:
                     order = (
@@ -511,11 +557,9 @@ def main(argv: list[str] | None = None) -> int:
                     )
                     for name in order:
                         block, block_counts = run_block(
-                            apps,
                             modes[name],
+                            init,
                             model,
-                            labels,
-                            aggregator,
                             args.rounds,
                             args.warmup,
                             rep,
