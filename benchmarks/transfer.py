@@ -184,6 +184,7 @@ class RoundTasks:
             "train_result_bytes": len(serialize(self.train.result(), PARSL_BUFFER_THRESHOLD)),
             "aggregate_task_bytes": whole,
             "aggregate_updates": len(task.updates),
+            "aggregate_task_bytes_one_update": with_one,
             "aggregate_task_bytes_per_update": round(
                 (whole - with_one) / max(1, len(task.updates) - 1)
             ),
@@ -379,7 +380,7 @@ def report(summary: list[dict[str, Any]], modes: list[str]) -> list[str]:
     lines = []
     proxies = [m for m in modes if m != "direct"]
     for e in summary:
-        if e["mode"] not in proxies:
+        if e["mode"] not in proxies or "direct" not in modes:  # speedups need direct rounds
             continue
         if e["model_mb"] >= LARGE_MB:
             verdict = "met" if e["speedup_vs_direct"] >= SPEEDUP_TARGET else "MISSED"
@@ -426,6 +427,11 @@ def bytes_targets(summary: list[dict[str, Any]], modes: list[str]) -> list[str]:
             f"update (target <= {AGGREGATE_BASE_TARGET:,} + {AGGREGATE_PER_UPDATE_TARGET:.0f} "
             f"per update = {allowed:,.0f} B): " + _verdict(aggregate, allowed)
         )
+        one = max(e["aggregate_task_bytes_one_update"] for e in mine)
+        lines.append(
+            f"{mode}: aggregate task with 1 update {one:,} B (target <= {aggregate_target(1):,.0f}"
+            " B): " + _verdict(one, aggregate_target(1))
+        )
         lines.append(
             f"{mode}: largest result {result:,} B (target <= {RESULT_TARGET:,} B): "
             + _verdict(result, RESULT_TARGET)
@@ -464,7 +470,7 @@ def plot(summary: list[dict[str, Any]], modes: list[str], path: Path) -> None:
         color = f"C{index}"
         mb = [e["model_mb"] for e in mine]
         axes[0].plot(mb, [e["comm_seconds"] for e in mine], marker="o", color=color, label=mode)
-        if mode != "direct":
+        if mode != "direct" and "direct" in modes:
             speedups = [e["speedup_vs_direct"] for e in mine]
             axes[1].plot(mb, speedups, marker="o", color=color, label=mode)
         for key, style, what in (("train_task_bytes", "-", "train"),
@@ -497,7 +503,8 @@ def plot(summary: list[dict[str, Any]], modes: list[str], path: Path) -> None:
     )
     for axis in axes:
         axis.grid(True, which="both", alpha=0.3)
-        axis.legend(fontsize=7)
+        if axis.get_legend_handles_labels()[0]:  # a sweep without models >= 0.5 MB has none
+            axis.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
