@@ -1,57 +1,76 @@
-"""Shared parts of the benchmark scripts in ``workflows/bench_*.py``.
+"""Shared parts of the benchmarks in ``benchmarks/`` (run as ``python -m benchmarks.NAME`` from
+the project root).
 
 Benchmarks are scripts, not tests: they print medians and ratios measured side by side in one
 run and write CSV files and plots. Every duration is measured by one clock in the process where
 the work happens (a put in the putting app, a resolve in the resolving app, a round in the
 controller); no duration is ever computed from the clocks of two processes.
 
-This module holds what several benchmarks share: the machine description, throwaway servers on
-127.0.0.1 (redis-server, ProxyStore relay and endpoints), weights of a given model for transfer
-sweeps, the synthetic app bodies that move those weights through the project's own
-``put_weights``/``resolve_weights`` and Parsl paths, and timed wrappers around the real app
-bodies with a :class:`~proxyflox.federation.Federation` that records what they report.
+This module holds what several benchmarks share: the machine description, weights of a given
+model for transfer sweeps, the synthetic app bodies that move those weights through the
+project's own ``put_weights``/``resolve_weights`` and Parsl paths, and timed app bodies (the
+real ones, plus their whole duration measured where they run) with a :class:`RunObserver` that
+keeps what they report. The throwaway servers (redis-server, ProxyStore relay and endpoints) are
+the tests' own, from :mod:`tests.servers`.
+
+Parsl workers unpickle the bodies and records defined here, so they must be able to import this
+package: :func:`project_root_on_pythonpath` before Parsl starts them.
 """
 
 from __future__ import annotations
 
 import csv
+import math
 import os
 import platform
 import shutil
 import socket
 import statistics
 import subprocess
+import sys
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import Future
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import psutil
 from parsl import python_app
-from proxyflox.federation import Federation
-from proxyflox.rounds import run_rounds
+from proxystore.store.config import StoreConfig
 
-from proxyflox.apps import (
-    FederationApps,
-    aggregate_updates,
-    bind_apps,
-    evaluate_global,
-    train_site,
-)
+from proxyflox.apps import aggregate_updates, evaluate_global, train_site
+from proxyflox.controller import AppBodies, RunObserver, plan_run, run_federation
 from proxyflox.data import DatasetInfo
-from proxyflox.results import round_columns
-from proxyflox.settings import ExperimentConfig, SiteOptions
+from proxyflox.messages import (
+    AggregateResult,
+    AggregateTask,
+    Evaluation,
+    GlobalModel,
+    Instructions,
+    SiteSetup,
+    TrainResult,
+)
+from proxyflox.settings import ExperimentConfig
 from proxyflox.sites import Deployment
-from proxyflox.stores import enter_site, put_weights, resolve_weights
-from proxyflox.strategies import build_strategy
-from proxyflox.weights import Weights, weights_nbytes, weights_of
+from proxyflox.stores import enter_site, open_app_store, put_weights, resolve_weights, store_of
+from proxyflox.weights import Weights
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
+
+
+def project_root_on_pythonpath() -> None:
+    """Put the project root first on ``PYTHONPATH`` (and ``sys.path``), so that the processes
+    this one starts (Parsl's workers, child processes) import ``benchmarks`` and this checkout's
+    ``proxyflox``. Call before ``parsl.load``."""
+    root = str(ROOT)
+    parts = [part for part in os.environ.get("PYTHONPATH", "").split(os.pathsep) if part]
+    if root not in parts:
+        os.environ["PYTHONPATH"] = os.pathsep.join([root, *parts])
+    if root not in sys.path:
+        sys.path.insert(0, root)
+
 
 # ---------------------------------------------------------------------------------------------
 # The machine
@@ -71,18 +90,23 @@ def machine_info() -> dict[str, str]:
                 break
     except OSError:
         pass
-    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    redis = shutil.which("redis-server")
+    redis_version = "absent"
+    if redis is not None:
+        words = subprocess.run([redis, "--version"], capture_output=True, text=True).stdout.split()
+        redis_version = next((w[2:] for w in words if w.startswith("v=")), "unknown")
     return {
         "nproc": str(os.cpu_count()),
         "memory_gib": f"{psutil.virtual_memory().total / 2**30:.1f}",
         "cpu": cpu,
-        "load_average_at_start": load,
+        "load_average_at_start": ", ".join(f"{x:.2f}" for x in os.getloadavg()),
         "os": f"{platform.system()} {platform.release()}",
         "python": platform.python_version(),
         "torch": torch.__version__,
         "numpy": np.__version__,
         "parsl": parsl.__version__,
         "proxystore": proxystore.__version__,
+        "redis-server": redis_version,
     }
 
 
@@ -115,103 +139,12 @@ def write_csv(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
             writer.writerow({k: f"{v:.6g}" if isinstance(v, float) else v for k, v in row.items()})
 
 
-def rss_bytes(pid: int | None = None) -> int:
-    """Resident set size of a process (this one by default)."""
-    return int(psutil.Process(pid).memory_info().rss)
-
-
-# ---------------------------------------------------------------------------------------------
-# Servers on loopback
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port nobody listens on right now."""
-    with socket.socket() as probe:
-        probe.bind((host, 0))
-        return int(probe.getsockname()[1])
-
-
-@contextmanager
-def redis_server() -> Iterator[int]:
-    """A throwaway redis-server on 127.0.0.1 without persistence; yields its port."""
-    import redis
-
-    binary = shutil.which("redis-server")
-    if binary is None:
-        raise RuntimeError("redis-server is missing: apt-get install redis-server")
-    port = free_port()
-    command = [
-        binary,
-        "--port",
-        str(port),
-        "--bind",
-        "127.0.0.1",
-        "--save",
-        "",
-        "--appendonly",
-        "no",
-        "--protected-mode",
-        "yes",
-    ]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        client = redis.StrictRedis(host="127.0.0.1", port=port)
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                client.ping()
-                break
-            except redis.exceptions.ConnectionError:
-                if time.monotonic() > deadline or process.poll() is not None:
-                    raise RuntimeError("redis-server did not start") from None
-                time.sleep(0.1)
-        client.close()
-        yield port
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
-
-
-@contextmanager
-def local_endpoints(directory: Path, labels: list[str]) -> Iterator[Path]:
-    """A ProxyStore relay and one endpoint per label on 127.0.0.1 (``proxyflox.endpoints``);
-    yields the endpoints file and stops everything on the way out."""
-    from proxyflox.endpoints import down, up
-
-    path = up(directory, labels)
-    try:
-        yield path
-    finally:
-        down(directory)
-
-
-# ---------------------------------------------------------------------------------------------
-# Data in MNIST's on-disk format (no download)
-
-
-def write_mnist_like(root: Path, train: int, test: int, seed: int = 0) -> Path:
-    """Write synthetic 28x28 images in MNIST's raw idx format under ``root/MNIST/raw``, which the
-    project's ``mnist`` loader reads as it reads MNIST; returns ``root`` (the ``data_dir``).
-
-    Each image is noise plus a bright 6x6 patch whose place depends on the label, so the data is
-    learnable; only its shape and size matter to the benchmarks.
-    """
-    import struct
-
-    raw = root / "MNIST" / "raw"
-    raw.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    for prefix, count in (("train", train), ("t10k", test)):
-        labels = rng.permutation(np.arange(count) % 10).astype(np.uint8)
-        images = rng.integers(0, 60, size=(count, 28, 28), dtype=np.uint8)
-        for label in range(10):
-            row, col = divmod(label, 4)
-            images[labels == label, row * 9 : row * 9 + 6, col * 7 : col * 7 + 6] = 250
-        for name, array in (("images-idx3", images), ("labels-idx1", labels)):
-            header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim)
-            header += struct.pack(f">{array.ndim}I", *array.shape)
-            (raw / f"{prefix}-{name}-ubyte").write_bytes(header + array.tobytes())
-    return root
+def numbers(record: Any) -> dict[str, Any]:
+    """A record's numbers and strings, without its references: what a benchmark keeps of a
+    result (keeping the record would keep its proxies alive, and the controller's memory is what
+    some benchmarks measure)."""
+    values = {item.name: getattr(record, item.name) for item in fields(record)}
+    return {k: v for k, v in values.items() if isinstance(v, (int, float, str))}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -219,7 +152,7 @@ def write_mnist_like(root: Path, train: int, test: int, seed: int = 0) -> Path:
 
 
 @dataclass(frozen=True)
-class ModelSpec:
+class SweepModel:
     """A model whose weights a transfer benchmark moves."""
 
     name: str
@@ -251,41 +184,41 @@ _CIFAR = DatasetInfo((3, 32, 32), 10)
 
 #: Models of the transfer sweep, by name. The torchvision models have a 10-class head, which
 #: keeps ResNet-50 under the ProxyStore endpoint's default 100 MB object limit.
-MODEL_SPECS: dict[str, ModelSpec] = {
-    spec.name: spec
-    for spec in (
-        ModelSpec(
+SWEEP_MODELS: dict[str, SweepModel] = {
+    model.name: model
+    for model in (
+        SweepModel(
             "floor",
             "4 KB of float32 (the round loop's fixed cost)",
             _CIFAR,
             lambda: {"w": np.zeros(1024, dtype=np.float32)},
         ),
-        ModelSpec(
+        SweepModel(
             "mobilenet-0.4",
             "MobileNet-like, width 0.4, CIFAR-10",
             _CIFAR,
             _project_model("mobilenet", _CIFAR, width_multiplier=0.4),
         ),
-        ModelSpec("cnn-mnist", "small CNN, 1x28x28", _MNIST, _project_model("cnn", _MNIST)),
-        ModelSpec(
+        SweepModel("cnn-mnist", "small CNN, 1x28x28", _MNIST, _project_model("cnn", _MNIST)),
+        SweepModel(
             "mobilenet-1.0",
             "MobileNet-like, width 1.0, CIFAR-10",
             _CIFAR,
             _project_model("mobilenet", _CIFAR),
         ),
-        ModelSpec(
+        SweepModel(
             "depth_cnn-mnist", "depth-1 CNN, 1x28x28", _MNIST, _project_model("depth_cnn", _MNIST)
         ),
-        ModelSpec(
+        SweepModel(
             "depth_cnn-cifar", "depth-1 CNN, 3x32x32", _CIFAR, _project_model("depth_cnn", _CIFAR)
         ),
-        ModelSpec(
+        SweepModel(
             "resnet18", "torchvision ResNet-18, 10 classes", _CIFAR, _torchvision_model("resnet18")
         ),
-        ModelSpec(
+        SweepModel(
             "resnet34", "torchvision ResNet-34, 10 classes", _CIFAR, _torchvision_model("resnet34")
         ),
-        ModelSpec(
+        SweepModel(
             "resnet50", "torchvision ResNet-50, 10 classes", _CIFAR, _torchvision_model("resnet50")
         ),
     )
@@ -296,127 +229,147 @@ def model_weights(name: str, seed: int = 0) -> Weights:
     """The named model's initial weights (seeded), as the project's numpy ``Weights``."""
     import torch
 
-    built = MODEL_SPECS[name].build()
-    if isinstance(built, dict):
-        return dict(built)
+    from proxyflox.models.weights import weights_of
+
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return weights_of(MODEL_SPECS[name].build())
+        built = SWEEP_MODELS[name].build()
+        return dict(built) if isinstance(built, dict) else weights_of(built)
 
 
 # ---------------------------------------------------------------------------------------------
-# Synthetic app bodies: real put/resolve and Parsl paths, no training
+# Synthetic app bodies (transfer): the real put/resolve and Parsl paths, no training
 
 
 def synthetic_init(
-    model: str, store_config: Any, options: SiteOptions | None = None
-) -> dict[str, Any]:
-    """Aggregator: build the named model's weights and put them, as ``init_global_model``
-    does (same result keys)."""
-    enter_site(options or SiteOptions())
+    model: str, store_config: StoreConfig | None, proxystore_home: str | None
+) -> GlobalModel:
+    """Aggregator: the named sweep model's weights, put as ``init_global_model`` puts them."""
+    enter_site(proxystore_home)
     weights = model_weights(model)
-    ref, put_seconds = put_weights(weights, store_config)
-    return {
-        "weights": ref,
-        "state": None,
-        "dataset": MODEL_SPECS[model].info,
-        "model_bytes": weights_nbytes(weights),
-        "put_seconds": put_seconds,
-    }
+    ref, _ = put_weights(weights, open_app_store(store_config))
+    return GlobalModel(weights=ref, dataset=SWEEP_MODELS[model].info)
 
 
 def relay_train(
-    config: ExperimentConfig,
+    setup: SiteSetup,
     site: int,
-    num_sites: int,
     round_number: int,
-    global_model: Mapping[str, Any],
-    store_config: Any,
-    options: SiteOptions | None = None,
-    instructions: Mapping[str, Any] | None = None,
-) -> dict[str, Any]:
+    global_model: GlobalModel,
+    instructions: Instructions,
+) -> TrainResult:
     """Site, for transfer benchmarks: ``train_site`` without the training.
 
-    Takes the same arguments as ``train_site``, resolves the global model the same way, puts it
-    back as the site's update, and returns a result with the same keys (so that the bytes Parsl
-    moves per task are those of the real workflow).
+    Same signature as ``train_site`` (so a task carries what a real train task carries): it
+    resolves the global model the same way, puts it back unchanged as the site's update where
+    the global model came from, and returns a ``TrainResult``.
     """
-    enter_site(options or SiteOptions())
-    received, resolve_seconds = resolve_weights(global_model["weights"])
-    ref, put_seconds = put_weights(received, store_config)
+    enter_site(setup.proxystore_home)
+    received, resolve_seconds = resolve_weights(global_model.weights)
+    ref, put_seconds = put_weights(received, store_of(global_model.weights))
     del received
-    info = global_model.get("dataset") or _CIFAR
-    return {
-        "weights": ref,
-        "site": site,
-        "num_samples": 100 + site,
-        "class_counts": [10 + site] * info.num_classes,
-        "dataset": info,
-        "train_loss": 0.0,
-        "resolve_seconds": resolve_seconds,
-        "train_seconds": 0.0,
-        "put_seconds": put_seconds,
-        "local_epochs": config.local_epochs,
-        "batch_size": config.batch_size,
-        "device": "cpu",
-        "host": socket.gethostname(),
-        "pid": os.getpid(),
-        "netns": "",
-        "batch_job": "",
-    }
+    return TrainResult(
+        site=site,
+        update=ref,
+        num_samples=100 + site,
+        class_counts=[10 + site] * global_model.dataset.num_classes,
+        train_loss=0.0,
+        resolve_seconds=resolve_seconds,
+        train_seconds=0.0,
+        put_seconds=put_seconds,
+        local_epochs=setup.local_epochs,
+        batch_size=setup.batch_size,
+        device=setup.device,
+        host=socket.gethostname(),
+        pid=os.getpid(),
+        netns="",
+        batch_job="",
+    )
 
 
 # ---------------------------------------------------------------------------------------------
 # Timed app bodies: the real ones, plus their whole duration in their own process
 
 
-def _timed(app: str, body: Callable[..., dict[str, Any]], *args: Any, **kwargs: Any) -> Any:
+@dataclass(frozen=True, eq=False)
+class TimedTrainResult(TrainResult):
+    """``train_site``'s result and its whole body's duration, timed where it ran."""
+
+    app_seconds: float = 0.0
+    app_pid: int = 0
+
+
+@dataclass(frozen=True, eq=False)
+class TimedAggregateResult(AggregateResult):
+    """``aggregate_updates``'s result and its whole body's duration."""
+
+    app_seconds: float = 0.0
+    app_pid: int = 0
+
+
+@dataclass(frozen=True)
+class TimedEvaluation(Evaluation):
+    """``evaluate_global``'s result and its whole body's duration."""
+
+    app_seconds: float = 0.0
+    app_pid: int = 0
+
+
+T = TypeVar("T")
+
+
+def _timed(timed: Callable[..., T], body: Callable[..., Any], *args: Any) -> T:
+    """Run ``body`` and return its record as ``timed``, with the seconds it took here."""
     start = time.perf_counter()
-    result = body(*args, **kwargs)
-    result["app"] = app
-    result["app_seconds"] = time.perf_counter() - start
-    result["app_pid"] = os.getpid()
-    return result
+    result = body(*args)
+    seconds = time.perf_counter() - start
+    copied = {item.name: getattr(result, item.name) for item in fields(result)}
+    return timed(**copied, app_seconds=seconds, app_pid=os.getpid())
 
 
-def timed_train_site(*args: Any, **kwargs: Any) -> dict[str, Any]:
-    """``train_site``, adding ``app_seconds``: its whole body, timed where it runs."""
-    return dict(_timed("train", train_site, *args, **kwargs))
-
-
-def timed_aggregate_updates(*args: Any, **kwargs: Any) -> dict[str, Any]:
-    """``aggregate_updates``, adding ``app_seconds``."""
-    return dict(_timed("aggregate", aggregate_updates, *args, **kwargs))
-
-
-def timed_evaluate_global(*args: Any, **kwargs: Any) -> dict[str, Any]:
-    """``evaluate_global``, adding ``app_seconds``."""
-    return dict(_timed("evaluate", evaluate_global, *args, **kwargs))
-
-
-def bind_timed_apps(site_labels: list[str], aggregator_label: str) -> FederationApps:
-    """Like ``bind_apps``, with the timed train, aggregate and evaluate bodies."""
-    return bind_apps(
-        site_labels,
-        aggregator_label,
-        train=timed_train_site,
-        aggregate=timed_aggregate_updates,
-        evaluate=timed_evaluate_global,
+def timed_train_site(
+    setup: SiteSetup,
+    site: int,
+    round_number: int,
+    global_model: GlobalModel,
+    instructions: Instructions,
+) -> TimedTrainResult:
+    """``train_site``, timed where it runs."""
+    return _timed(
+        TimedTrainResult, train_site, setup, site, round_number, global_model, instructions
     )
+
+
+def timed_aggregate_updates(task: AggregateTask) -> TimedAggregateResult:
+    """``aggregate_updates``, timed where it runs."""
+    return _timed(TimedAggregateResult, aggregate_updates, task)
+
+
+def timed_evaluate_global(setup: SiteSetup, global_model: GlobalModel) -> TimedEvaluation:
+    """``evaluate_global``, timed where it runs."""
+    return _timed(TimedEvaluation, evaluate_global, setup, global_model)
+
+
+#: The run's apps with timed train, aggregate and evaluate bodies.
+TIMED_BODIES = AppBodies(
+    train=timed_train_site, aggregate=timed_aggregate_updates, evaluate=timed_evaluate_global
+)
 
 
 @dataclass
 class RoundRecord:
-    """What one synchronous round reported, from the controller and from every app."""
+    """What one synchronous round reported, from the controller and from every app (numbers
+    only, see :func:`numbers`)."""
 
     row: dict[str, Any]  # the round's rounds.csv row
     trains: list[dict[str, Any]] = field(default_factory=list)
     aggregate: dict[str, Any] = field(default_factory=dict)
     evaluate: dict[str, Any] = field(default_factory=dict)
-    loop_seconds: float = 0.0  # controller: from the previous round's end to this one's
+    #: Controller: from the previous round's end to this one's (``nan`` for the first round).
+    loop_seconds: float = math.nan
     controller_rss: int = 0
     controller_rss_anon: int = 0  # anonymous part of the RSS (heap), without mapped files
-    controller_cpu_seconds: float = 0.0  # controller process CPU time during the round
+    controller_cpu_seconds: float = math.nan  # controller process CPU time during the round
     #: Last round with ``trim_heap``: RSS once the C heap returned its free pages (malloc_trim).
     controller_rss_after_trim: int = 0
 
@@ -435,30 +388,87 @@ class RoundRecord:
         )
 
 
-class TimedFederation(Federation):
-    """A :class:`Federation` whose train, aggregate and evaluate apps are the timed bodies, and
-    which keeps what they return for the current round."""
+class RoundTimer(RunObserver):
+    """Keeps what the timed apps of every round report, with the controller's own figures.
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.apps = bind_timed_apps(sorted(set(self.placement)), self.config.aggregator)
-        self.round_trains: list[dict[str, Any]] = []
-        self.round_aggregate: dict[str, Any] = {}
-        self.round_evaluation: Future[Any] | None = None
+    ``loop_seconds`` is the controller's time from one round's end (its row written, its
+    checkpoint marked) to the next one's, so it includes everything the controller does per
+    round: sampling, submitting, waiting, evicting, writing the CSV rows and the marker.
 
-    def settle(self, future: Future[Any]) -> Any:
-        result = super().settle(future)
-        if isinstance(result, dict) and result.get("app") == "aggregate":
-            self.round_aggregate = result
-        return result
+    Args:
+        last_round: The run's last round, after which ``trim_heap`` and ``probe_labels`` act
+            (while Parsl is still up).
+        probe_labels: Executors on which to time a no-op app's round trip after the last round.
+        trim_heap: After the last round, also record the RSS once glibc's ``malloc_trim``
+            returned free heap (what of the controller's memory is freed heap not yet returned).
+    """
 
-    def log_sites(self, round_number: int, updates: Any) -> None:
-        self.round_trains = list(updates)
-        super().log_sites(round_number, updates)
+    def __init__(
+        self, last_round: int, probe_labels: Sequence[str] = (), trim_heap: bool = False
+    ) -> None:
+        self.last_round = last_round
+        self.probe_labels = list(probe_labels)
+        self.trim_heap = trim_heap
+        self.records: list[RoundRecord] = []
+        #: No-op app round trip per probed executor label (seconds, median).
+        self.latency: dict[str, float] = {}
+        self._process = psutil.Process()
+        self._record = RoundRecord({})
+        self._previous: tuple[float, float] | None = None  # wall, CPU at the last round's end
 
-    def evaluate(self, global_model: Any) -> Future[Any]:
-        self.round_evaluation = super().evaluate(global_model)
-        return self.round_evaluation
+    def round_started(self, round_number: int, sites: Sequence[int]) -> None:
+        self._record = RoundRecord({})
+
+    def trained(self, round_number: int, result: TrainResult) -> None:
+        self._record.trains.append(numbers(result))
+
+    def aggregated(self, round_number: int, result: AggregateResult) -> None:
+        self._record.aggregate = numbers(result)
+
+    def evaluated(self, round_number: int, evaluation: Evaluation) -> None:
+        self._record.evaluate = numbers(evaluation)
+
+    def round_finished(self, round_number: int, row: Mapping[str, Any]) -> None:
+        now, cpu = time.perf_counter(), _cpu_seconds(self._process)
+        record = self._record
+        record.row = dict(row)
+        if self._previous is not None:
+            record.loop_seconds = now - self._previous[0]
+            record.controller_cpu_seconds = cpu - self._previous[1]
+        record.controller_rss = int(self._process.memory_info().rss)
+        record.controller_rss_anon = _rss_anon()
+        self.records.append(record)
+        if round_number == self.last_round:
+            if self.trim_heap:
+                record.controller_rss_after_trim = _rss_after_malloc_trim(self._process)
+            self.latency = noop_round_trip(self.probe_labels)
+        self._previous = (time.perf_counter(), _cpu_seconds(self._process))
+
+
+def run_timed(
+    config: ExperimentConfig,
+    deployment: Deployment,
+    run_dir: Path,
+    progress: Callable[[str], None] = print,
+    probe_labels: Sequence[str] = (),
+    trim_heap: bool = False,
+) -> tuple[list[RoundRecord], list[str], dict[str, float]]:
+    """The project's run (``run_federation``) with timed apps; returns every round's record,
+    the site placement (executor label per site) and, for ``probe_labels``, the no-op app round
+    trip on those executors after the last round (see :class:`RoundTimer`)."""
+    project_root_on_pythonpath()
+    plan = plan_run(config, deployment)
+    timer = RoundTimer(config.rounds, probe_labels, trim_heap)
+    run_federation(
+        config,
+        deployment,
+        run_dir,
+        progress=progress,
+        plan=plan,
+        observer=timer,
+        bodies=TIMED_BODIES,
+    )
+    return timer.records, list(plan.placement), timer.latency
 
 
 def noop(value: int) -> int:
@@ -482,49 +492,6 @@ def noop_round_trip(labels: Sequence[str], repeats: int = 20) -> dict[str, float
     return medians
 
 
-def run_timed(
-    config: ExperimentConfig,
-    deployment: Deployment,
-    run_dir: Path,
-    progress: Callable[[str], None] = print,
-    probe_labels: Sequence[str] = (),
-    trim_heap: bool = False,
-) -> tuple[list[RoundRecord], list[str], dict[str, float]]:
-    """The project's synchronous round loop (``rounds.run_rounds``) on a deployment, with timed
-    apps; returns every round's record, the site placement (executor label per site) and, for
-    ``probe_labels``, the no-op app round trip on those executors after the last round. With
-    ``trim_heap``, the last record also holds the controller's RSS after glibc's ``malloc_trim``
-    (what of its memory is freed heap not yet returned to the system).
-
-    ``loop_seconds`` is the controller's time from the end of one round's iteration to the end
-    of the next (``nan`` for round 1, which also builds the initial model and waits for the
-    workers to start), so it includes everything the controller does per round: sampling,
-    submitting, waiting, evicting, writing the CSV rows and the checkpoint marker.
-    """
-    strategy = build_strategy(config.strategy)
-    columns = lambda num_sites: round_columns(num_sites, config.evaluate_sites)  # noqa: E731
-    records: list[RoundRecord] = []
-    controller = psutil.Process()
-    timed = TimedFederation(config, deployment, run_dir, progress, columns)
-    with timed:
-        rounds = run_rounds(timed, strategy)
-        first = next(rounds)  # the initial model and round 1
-        records.append(RoundRecord(first))
-        previous = time.perf_counter()
-        cpu_previous = _cpu_seconds(controller)
-        _fill(records[-1], timed, controller, float("nan"), float("nan"))
-        for row in rounds:
-            now, cpu = time.perf_counter(), _cpu_seconds(controller)
-            records.append(RoundRecord(row))
-            _fill(records[-1], timed, controller, now - previous, cpu - cpu_previous)
-            previous, cpu_previous = now, cpu
-        placement = list(timed.placement)
-        if trim_heap:
-            records[-1].controller_rss_after_trim = _rss_after_malloc_trim(controller)
-        latency = noop_round_trip(probe_labels)
-    return records, placement, latency
-
-
 def _rss_after_malloc_trim(process: psutil.Process) -> int:
     """RSS after asking glibc to return free heap pages to the system (0 without glibc)."""
     import ctypes
@@ -541,31 +508,6 @@ def _rss_after_malloc_trim(process: psutil.Process) -> int:
 def _cpu_seconds(process: psutil.Process) -> float:
     times = process.cpu_times()
     return float(times.user + times.system)
-
-
-def _fill(
-    record: RoundRecord,
-    federation: TimedFederation,
-    controller: psutil.Process,
-    loop_seconds: float,
-    cpu_seconds: float,
-) -> None:
-    # Numbers only: a record must not keep the round's proxies and objects alive (the controller's
-    # memory is what some benchmarks measure).
-    record.trains = [_numbers(train) for train in federation.round_trains]
-    record.aggregate = _numbers(federation.round_aggregate)
-    if federation.round_evaluation is not None:
-        record.evaluate = _numbers(federation.round_evaluation.result())
-    federation.round_trains, federation.round_aggregate = [], {}
-    federation.round_evaluation = None
-    record.loop_seconds = loop_seconds
-    record.controller_cpu_seconds = cpu_seconds
-    record.controller_rss = int(controller.memory_info().rss)
-    record.controller_rss_anon = _rss_anon()
-
-
-def _numbers(result: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in result.items() if isinstance(v, (int, float, str)) and k != "weights"}
 
 
 def _rss_anon() -> int:

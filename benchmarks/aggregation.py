@@ -1,12 +1,15 @@
-#!/usr/bin/env python3
 """Peak memory and speed of the aggregate app for 10 and 100 updates of a ~45 MB model.
 
-    python workflows/bench_aggregation.py [--model resnet18] [--updates 10 100] [--reps 3]
+    python -m benchmarks.aggregation [--model resnet18] [--updates 10 100] [--reps 3]
+
+(from the project root: its measurements run in fresh processes started as
+``python -m benchmarks.aggregation --child ...``).
 
 The updates (the model's weights, shifted by a different constant each) are put into a file
 store, as sites would. Each measurement then runs the project's ``aggregate_updates`` app body
-(FedAvg: resolve one update at a time into ``weighted_mean``, then put the new global model) in a
-fresh Python process, like a Parsl worker that has imported the project:
+(FedAvg: read one update at a time into ``weighted_mean``, then put the new global model) on an
+``AggregateTask`` holding the updates' store keys, in a fresh Python process, like a Parsl
+worker that has imported the project:
 
 - peak memory: the process's peak resident set size (``VmHWM``, reset through
   ``/proc/self/clear_refs`` just before the app) minus its resident size at that moment, and, in
@@ -34,14 +37,34 @@ import sys
 import tempfile
 import time
 import tracemalloc
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from proxyflox.bench import DOCS, MODEL_SPECS, median, model_weights, print_machine, write_csv
+from proxystore.store.base import Store
 
-from proxyflox.settings import StoreSettings
-from proxyflox.stores import open_store, put_weights
+from benchmarks.common import (
+    DOCS,
+    ROOT,
+    SWEEP_MODELS,
+    median,
+    model_weights,
+    print_machine,
+    project_root_on_pythonpath,
+    write_csv,
+)
+from proxyflox.messages import AggregateTask, UpdateRef
+from proxyflox.settings import load_experiment
+from proxyflox.stores import (
+    evict_weights,
+    key_of,
+    open_app_store,
+    open_store,
+    put_weights,
+    resolve_weights,
+)
+from proxyflox.strategies import build_strategy
 from proxyflox.weights import Weights, weights_nbytes
 
 PEAK_TARGET = 3.0  # peak memory at most this many model sizes
@@ -55,81 +78,77 @@ def _status_kib(field: str) -> int:
     raise RuntimeError(f"/proc/self/status has no {field}")
 
 
+def load_task(updates_file: Path) -> tuple[AggregateTask, Store[Any]]:
+    """The aggregate task over every prepared update (FedAvg, their keys in the file store),
+    and that store as the aggregate app opens it."""
+    with open(updates_file, "rb") as file:
+        task: AggregateTask = pickle.load(file)
+    store = open_app_store(task.store_config)
+    assert store is not None, "the updates are in a file store"
+    return task, store
+
+
 def child_aggregate(updates_file: Path, count: int, trace: bool) -> dict[str, Any]:
     """In a fresh process: run the aggregate app body on the first ``count`` updates."""
-    from proxystore.store import get_or_create_store
-    from proxystore.store.utils import get_key
-
     from proxyflox.apps import aggregate_updates
-    from proxyflox.settings import StrategySettings
-    from proxyflox.strategies import build_strategy
 
-    with open(updates_file, "rb") as file:
-        saved = pickle.load(file)
-    results, store_config = saved["results"][:count], saved["store_config"]
-    strategy = build_strategy(StrategySettings(name="fedavg"))
-    global_model = {"weights": None, "dataset": None}  # FedAvg does not read the current model
+    task, store = load_task(updates_file)
+    task = replace(task, updates=task.updates[:count])
     gc.collect()
     if trace:
         tracemalloc.start()
     baseline_kib = _status_kib("VmRSS")
     Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM (the peak) to the current RSS
     start = time.perf_counter()
-    result = aggregate_updates(strategy, global_model, *results, store_config=store_config)
+    result = aggregate_updates(task)
     app_seconds = time.perf_counter() - start
     peak_kib = _status_kib("VmHWM")
     traced_peak = tracemalloc.get_traced_memory()[1] if trace else 0
     if trace:
         tracemalloc.stop()
-    get_or_create_store(store_config).evict(get_key(result["weights"]))
+    evict_weights(store, result.model.weights)
     return {
         "updates": count,
-        "model_bytes": result["model_bytes"],
+        "model_bytes": result.model_bytes,
         "baseline_rss_bytes": baseline_kib * 1024,
         "peak_rss_above_baseline_bytes": (peak_kib - baseline_kib) * 1024,
         "tracemalloc_peak_bytes": traced_peak,
         "app_seconds": app_seconds,
-        "aggregate_seconds": result["aggregate_seconds"],
-        "resolve_seconds": result["resolve_seconds"],
-        "put_seconds": result["put_seconds"],
+        "aggregate_seconds": result.aggregate_seconds,
+        "resolve_seconds": result.resolve_seconds,
+        "put_seconds": result.put_seconds,
     }
 
 
 def child_phases(updates_file: Path) -> dict[str, Any]:
     """In a fresh process: where the peak comes from, and where an update's averaging time goes.
 
-    Memory (tracemalloc, above what was allocated just before): resolving one update, and
-    putting the new global model. Time, per update, on arrays fresh from a resolve (as
+    Memory (tracemalloc, above what was allocated just before): reading one update, and
+    putting the new global model. Time, per update, on arrays fresh from a read (as
     ``weighted_mean`` sees them): scaling in place, adding into the total, freeing the update.
     """
     from proxystore.serialize import serialize
-    from proxystore.store import get_or_create_store
 
-    from proxyflox.stores import resolve_weights
-
-    with open(updates_file, "rb") as file:
-        saved = pickle.load(file)
-    results, store_config = saved["results"], saved["store_config"]
-    total, _ = resolve_weights(results[0]["weights"])
+    task, store = load_task(updates_file)
+    keys = [update.update for update in task.updates]
+    total, _ = resolve_weights(keys[0], store)
     total = {n: a.astype(np.float64) if a.dtype.kind in "iu" else a for n, a in total.items()}
     tracemalloc.start()
     tracemalloc.reset_peak()
     before = tracemalloc.get_traced_memory()[0]
-    update, _ = resolve_weights(results[1]["weights"])
+    update, _ = resolve_weights(keys[1], store)
     resolve_peak = tracemalloc.get_traced_memory()[1] - before
     del update
     tracemalloc.reset_peak()
     before = tracemalloc.get_traced_memory()[0]
-    ref, _ = put_weights(total, store_config)
+    ref, _ = put_weights(total, store)
     put_peak = tracemalloc.get_traced_memory()[1] - before
     serialized = len(serialize(total))
     tracemalloc.stop()
-    from proxyflox.stores import evict_weights
-
-    evict_weights(get_or_create_store(store_config), ref)
+    evict_weights(store, ref)
     scale, add, free = [], [], []
-    for result in results[2:12]:
-        update, _ = resolve_weights(result["weights"])
+    for key in keys[2:12]:
+        update, _ = resolve_weights(key, store)
         update = {n: a.astype(np.float64) if a.dtype.kind in "iu" else a for n, a in update.items()}
         start = time.perf_counter()
         for array in update.values():
@@ -183,7 +202,8 @@ def child_numpy_add(updates_file: Path, repeats: int) -> dict[str, Any]:
 
 def run_child(updates_file: Path, *args: str) -> dict[str, Any]:
     done = subprocess.run(
-        [sys.executable, __file__, "--child", str(updates_file), *args],
+        [sys.executable, "-m", "benchmarks.aggregation", "--child", str(updates_file), *args],
+        cwd=ROOT,
         capture_output=True,
         text=True,
         check=False,
@@ -194,23 +214,32 @@ def run_child(updates_file: Path, *args: str) -> dict[str, Any]:
 
 
 def prepare(model: str, count: int, tmp: Path) -> tuple[Path, int, float]:
-    """Put ``count`` updates into a file store; return the file describing them, the model's
-    bytes and the median put time."""
-    store = open_store(StoreSettings(directory=str(tmp / "store")), tmp, "bench-aggregation")
+    """Put ``count`` updates into a file store, as sites would; return the file holding the
+    aggregate task over all of them, the model's bytes and the median put time."""
+    config = load_experiment(None, {"store.directory": str(tmp / "store")})
+    store = open_store(config.store, tmp, "bench-aggregation")
     reference = model_weights(model)
-    results, puts = [], []
+    updates, puts = [], []
     for site in range(count):
         update = {
             name: (a + np.float32(1e-3 * site)).astype(a.dtype) if a.dtype.kind == "f" else a
             for name, a in reference.items()
         }
-        ref, seconds = put_weights(update, store.config())
+        ref, seconds = put_weights(update, store)
         puts.append(seconds)
-        results.append({"weights": ref, "num_samples": 100 + site, "site": site})
+        updates.append(UpdateRef(key_of(ref), num_samples=100 + site))
         del update
+    task = AggregateTask(
+        strategy=build_strategy(config.strategy),  # FedAvg: does not read the current model
+        global_weights=None,
+        dataset=SWEEP_MODELS[model].info,
+        state=None,
+        updates=tuple(updates),
+        store_config=store.config(),
+    )
     path = tmp / "updates.pkl"
     with open(path, "wb") as file:
-        pickle.dump({"results": results, "store_config": store.config()}, file)
+        pickle.dump(task, file)
     with open(path.with_name("reference.pkl"), "wb") as file:
         pickle.dump(reference, file)
     store.close()
@@ -219,7 +248,7 @@ def prepare(model: str, count: int, tmp: Path) -> tuple[Path, int, float]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="resnet18", choices=list(MODEL_SPECS))
+    parser.add_argument("--model", default="resnet18", choices=list(SWEEP_MODELS))
     parser.add_argument("--updates", nargs="+", type=int, default=[10, 100])
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--out", type=Path, default=DOCS)
@@ -236,6 +265,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     print_machine()
+    project_root_on_pythonpath()  # for the child processes
     tmp = Path(tempfile.mkdtemp(prefix="proxyflox-bench-aggregation-"))
     rows: list[dict[str, Any]] = []
     phases: dict[str, Any] = {}

@@ -1,8 +1,9 @@
-#!/usr/bin/env python3
 """What the workflow costs: ProxyFlox rounds on parsl_configs/local_htex.py against the same local
 training as a bare PyTorch loop with the same number of worker processes.
 
-    python workflows/bench_overhead.py [--workloads digits mnist] [--rounds 8] [--reps 2]
+    python -m benchmarks.overhead [--workloads digits mnist] [--rounds 8] [--reps 2]
+
+(from the project root: the Parsl workers import ``benchmarks`` for the timed app bodies).
 
 Both sides train the same sites (same partitions, model, epochs, batch size, torch threads,
 shuffling seeds) with the project's ``train_local``:
@@ -11,8 +12,9 @@ shuffling seeds) with the project's ``train_local``:
   the main process sends them the global model through a pipe, each loads it and trains (timed in
   that process), and the main process averages (``weighted_mean``) and evaluates, timing both.
   The ideal round is the slowest site's training + averaging + evaluation;
-- ProxyFlox: the project's round loop (``run_rounds`` in a ``Federation``) on local_htex.py, with
-  the app bodies wrapped to also report their whole duration in their own process.
+- ProxyFlox: the project's run (``run_federation``) on local_htex.py, with timed app bodies
+  (``AppBodies``: the real ones, also reporting their whole duration measured in their own
+  process) and a ``RunObserver`` that keeps what they report.
 
 The ratio is ProxyFlox's median round time (``round_seconds`` of rounds.csv) over the bare loop's
 median ideal round, both without round 1 (worker start-up). Where the time goes comes from the
@@ -29,32 +31,32 @@ import shutil
 import sys
 import tempfile
 import time
-from dataclasses import replace
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
 import torch
-from proxyflox.bench import (
+
+from benchmarks.common import (
     DOCS,
+    ROOT,
     RoundRecord,
     median,
     print_machine,
     run_timed,
     write_csv,
-    write_mnist_like,
 )
-
-from proxyflox.apps import new_model, shuffle_seed, site_data
-from proxyflox.data import TEST, load_split
+from proxyflox.apps import load_split, new_model, shuffle_seed, site_data
+from proxyflox.controller.planner import data_spec, model_spec
+from proxyflox.data import TEST, dataset_info
 from proxyflox.models.weights import load_weights, weights_of
 from proxyflox.settings import ExperimentConfig, load_experiment
 from proxyflox.sites import load_deployment
 from proxyflox.strategies import Update, weighted_mean
 from proxyflox.training import evaluate, train_local
+from tests.tiny_datasets import write_mnist
 
 TARGET = 1.10
-ROOT = Path(__file__).resolve().parent.parent
 #: name -> (description, settings over the default experiment)
 WORKLOADS: dict[str, tuple[str, dict[str, Any]]] = {
     "digits": (
@@ -70,13 +72,11 @@ WORKLOADS: dict[str, tuple[str, dict[str, Any]]] = {
 
 
 def workload_config(name: str, rounds: int, data_dir: Path, runs_dir: Path) -> ExperimentConfig:
-    config = load_experiment(ROOT / "experiments" / "digits_fedavg.yaml")
     settings = dict(WORKLOADS[name][1])
     if settings.get("dataset") == "mnist":
         settings["data_dir"] = str(data_dir)
-    return replace(
-        config, rounds=rounds, runs_dir=str(runs_dir), name=f"overhead-{name}", **settings
-    )
+    overrides = {"rounds": rounds, "runs_dir": str(runs_dir), "name": f"overhead-{name}"}
+    return load_experiment(ROOT / "experiments" / "digits_fedavg.yaml", overrides | settings)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -86,8 +86,9 @@ def workload_config(name: str, rounds: int, data_dir: Path, runs_dir: Path) -> E
 def bare_site(config: ExperimentConfig, site: int, num_sites: int, pipe: Connection) -> None:
     """One site's process: train on every global model received, timing the training."""
     torch.set_num_threads(config.torch_threads)
-    data = site_data(config, site, num_sites)
-    model = new_model(config)
+    spec = data_spec(config, num_sites)
+    data = site_data(spec, site)
+    model = new_model(model_spec(config), dataset_info(config.dataset, config.data_dir))
     while True:
         message = pipe.recv()
         if message is None:
@@ -102,7 +103,7 @@ def bare_site(config: ExperimentConfig, site: int, num_sites: int, pipe: Connect
             batch_size=config.batch_size,
             lr=config.lr,
             momentum=config.momentum,
-            shuffle_seed=shuffle_seed(config, round_number, site),
+            shuffle_seed=shuffle_seed(config.seed, round_number, site),
         )
         pipe.send((weights_of(model), len(data), time.perf_counter() - start))
 
@@ -119,8 +120,8 @@ def run_bare(config: ExperimentConfig) -> list[dict[str, Any]]:
         process.start()
         pipes.append(mine)
         processes.append(process)
-    test = load_split(config.dataset, config.data_dir, TEST, config.seed, config.test_fraction)
-    model = new_model(config)
+    test = load_split(data_spec(config, num_sites), TEST)
+    model = new_model(model_spec(config), dataset_info(config.dataset, config.data_dir))
     global_weights = weights_of(model)
     rows = []
     try:
@@ -247,7 +248,8 @@ def main(argv: list[str] | None = None) -> int:
     all_rows: list[dict[str, Any]] = []
     summary: list[dict[str, Any]] = []
     try:
-        data_dir = write_mnist_like(tmp / "data", train=4_000, test=1_000)
+        data_dir = tmp / "data"
+        write_mnist(data_dir, train=4_000, test=1_000)
         for workload in args.workloads:
             config = workload_config(workload, args.rounds, data_dir, tmp / "runs")
             bare: list[dict[str, Any]] = []

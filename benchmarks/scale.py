@@ -1,13 +1,15 @@
-#!/usr/bin/env python3
 """How the controller scales with registered clients: 10,000 sites, 10 sampled per round, on
 parsl_configs/local_htex.py.
 
-    python workflows/bench_scale.py [--sites 10000] [--clients-per-round 10] [--rounds 20]
+    python -m benchmarks.scale [--sites 10000] [--clients-per-round 10] [--rounds 20]
 
-The run is the project's round loop (``run_rounds`` in a ``Federation``) on synthetic data in
-MNIST's format (60,000 training images: 6 per site; 500 test images) with the small CNN (6.5 MB);
-every site computes its own share of the 10,000-way partition inside its train app. Each app
-body is wrapped to also report its whole duration, measured in its own process.
+(from the project root: the Parsl workers import ``benchmarks`` for the timed app bodies).
+
+The run is the project's own (``run_federation``) on synthetic data in MNIST's format (60,000
+training images: 6 per site; 500 test images) with the small CNN (6.5 MB); every site computes
+its own share of the 10,000-way partition inside its train app. The app bodies are timed ones
+(``AppBodies``: the real bodies, also reporting their whole duration measured in their own
+process), and a ``RunObserver`` records every round.
 
 Per round the controller records its resident set size (psutil; also its anonymous part, the
 heap without mapped libraries) and its own CPU time. "Flat" means at most 5 MB of growth from
@@ -26,15 +28,15 @@ import argparse
 import shutil
 import sys
 import tempfile
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from proxyflox.bench import DOCS, median, print_machine, run_timed, write_csv, write_mnist_like
 
-from proxyflox.settings import ExperimentConfig, StoreSettings
+from benchmarks.common import DOCS, median, print_machine, run_timed, write_csv
+from proxyflox.settings import load_experiment
 from proxyflox.sites import load_deployment
+from tests.tiny_datasets import write_mnist
 
 OVERHEAD_TARGET = 1.0  # seconds per round
 RSS_TOLERANCE_MB = 5.0  # "flat": at most this much growth over the run after round 2
@@ -52,17 +54,20 @@ def main(argv: list[str] | None = None) -> int:
     print_machine()
     tmp = Path(tempfile.mkdtemp(prefix="proxyflox-bench-scale-"))
     try:
-        data_dir = write_mnist_like(tmp / "data", train=args.train_samples, test=500)
-        config = replace(
-            ExperimentConfig(),
-            name="scale",
-            dataset="mnist",
-            data_dir=str(data_dir),
-            sites=args.sites,
-            clients_per_round=args.clients_per_round,
-            rounds=args.rounds,
-            runs_dir=str(tmp / "runs"),
-            store=StoreSettings(directory=str(tmp / "store")),
+        data_dir = tmp / "data"
+        write_mnist(data_dir, train=args.train_samples, test=500)
+        config = load_experiment(
+            None,
+            {
+                "name": "scale",
+                "dataset": "mnist",
+                "data_dir": str(data_dir),
+                "sites": args.sites,
+                "clients_per_round": args.clients_per_round,
+                "rounds": args.rounds,
+                "runs_dir": str(tmp / "runs"),
+                "store.directory": str(tmp / "store"),
+            },
         )
         run_dir = tmp / "runs" / "scale"
         run_dir.mkdir(parents=True)
