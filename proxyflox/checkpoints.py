@@ -95,6 +95,11 @@ def _unflatten(flat: dict[str, np.ndarray]) -> dict[str, Any]:
     return state
 
 
+def has_checkpoint(run_dir: str | Path) -> bool:
+    """Whether a run directory holds a complete checkpoint (``--resume`` can continue it)."""
+    return (Path(run_dir) / CHECKPOINTS / LATEST).is_file()
+
+
 def mark_complete(run_dir: str | Path, round_number: int) -> None:
     """Point ``checkpoints/latest`` at this round's checkpoint; drop older ones."""
     root = Path(run_dir) / CHECKPOINTS

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import csv
+import fcntl
 import os
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 ROUND_COLUMNS = [
     "round",
@@ -51,6 +52,37 @@ def create_run_dir(runs_dir: str | Path, experiment: str) -> Path:
         path.chmod(0o700)
         return path
     raise FileExistsError(f"no free run directory name under {parent} for {experiment}-{stamp}")
+
+
+#: Held (``flock``) by the process running a run directory, for as long as it runs.
+LOCK_FILE = ".lock"
+
+
+class RunDirInUseError(RuntimeError):
+    """Another process runs this run directory (a second ``--resume`` of it, say)."""
+
+
+def lock_run_dir(run_dir: Path) -> IO[str]:
+    """Take the run directory for this process; the lock goes when the process ends.
+
+    Raises:
+        RunDirInUseError: another live process holds it (the message names its pid).
+    """
+    handle = open(run_dir / LOCK_FILE, "a+")  # noqa: SIM115 (held until the process exits)
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "unknown"
+        handle.close()
+        raise RunDirInUseError(
+            f"{run_dir} is in use by another run (pid {holder}); one process per run directory"
+        ) from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
+    return handle
 
 
 class CsvLog:

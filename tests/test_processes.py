@@ -189,3 +189,61 @@ def test_a_failing_site_app_stops_the_run_cleanly(tmp_path: Path) -> None:
     assert len(done.stderr) < 2000  # sites failing for one reason share one entry
     assert "Traceback" not in done.stderr
     assert wait_until_gone(only_run_dir(tmp_path / "runs")) == []
+
+
+def test_ctrl_c_before_the_first_round_leaves_nothing_and_says_so(tmp_path: Path) -> None:
+    process = subprocess.Popen(
+        [sys.executable, str(CLI), "--config", "local_htex.py",
+         "--runs_dir", str(tmp_path / "runs")],
+        cwd=tmp_path, env=bare_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True,
+    )  # fmt: skip
+    assert process.stdout is not None
+    first = process.stdout.readline()
+    assert first.startswith("run directory: ")
+    run_dir = Path(first.removeprefix("run directory: ").strip())
+    time.sleep(1)  # Parsl is loading: no round has finished
+    os.killpg(process.pid, signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130
+    assert "interrupted before the first round finished; nothing to resume" in stderr
+    assert "--resume" not in stderr
+    assert "Traceback" not in stderr
+    assert not run_dir.exists()
+
+
+def test_ctrl_c_while_starting_is_one_line(tmp_path: Path) -> None:
+    process = subprocess.Popen(
+        [sys.executable, str(CLI), "--runs_dir", str(tmp_path / "runs")],
+        cwd=tmp_path, env=bare_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True,
+    )  # fmt: skip
+    time.sleep(0.5)  # importing torch and Parsl
+    os.killpg(process.pid, signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130
+    assert len(stderr.strip().splitlines()) == 1, stderr
+    assert "Traceback" not in stderr
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_run_directory_in_use_cannot_be_resumed_twice(tmp_path: Path) -> None:
+    process = subprocess.Popen(
+        [sys.executable, str(CLI), "--rounds", "500", "--runs_dir", str(tmp_path / "runs")],
+        cwd=tmp_path, env=bare_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True,
+    )  # fmt: skip
+    assert process.stdout is not None
+    try:
+        for line in process.stdout:
+            if line.startswith("round   2/"):
+                break
+        run_dir = only_run_dir(tmp_path / "runs")
+        rounds_before = (run_dir / "rounds.csv").read_text()
+        second = run_cli("--resume", str(run_dir), cwd=tmp_path)
+        assert second.returncode == 2
+        assert f"is in use by another run (pid {process.pid})" in second.stderr
+        assert (run_dir / "rounds.csv").read_text().startswith(rounds_before)  # not truncated
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.communicate(timeout=120)

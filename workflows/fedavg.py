@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import signal
 import sys
 import time
@@ -14,14 +15,34 @@ import traceback
 from pathlib import Path
 from types import FrameType
 
-from proxyflox.checkpoints import ResumePoint, find_resume_point, truncate_round_logs
-from proxyflox.controller import RunStoppedError, plan_run, run_federation
-from proxyflox.errors import ConfigError
-from proxyflox.inventory import INVENTORY_ENV
-from proxyflox.results import create_run_dir
-from proxyflox.settings import add_override_options, load_experiment, overrides_from_args, to_yaml
-from proxyflox.sites import load_deployment
-from proxyflox.stores import StoreUnreachableError, check_store
+
+def _interrupted_while_starting(signum: int, frame: FrameType | None) -> None:
+    print("interrupted while starting; nothing was written", file=sys.stderr)
+    sys.exit(130)
+
+
+if __name__ == "__main__":  # Ctrl-C while torch and Parsl import: one line, no traceback
+    signal.signal(signal.SIGINT, _interrupted_while_starting)
+
+from proxyflox.checkpoints import (  # noqa: E402
+    ResumePoint,
+    find_resume_point,
+    has_checkpoint,
+    truncate_round_logs,
+)
+from proxyflox.controller import Plan, RunStoppedError, plan_run, run_federation  # noqa: E402
+from proxyflox.errors import ConfigError  # noqa: E402
+from proxyflox.inventory import INVENTORY_ENV  # noqa: E402
+from proxyflox.results import RunDirInUseError, create_run_dir, lock_run_dir  # noqa: E402
+from proxyflox.settings import (  # noqa: E402
+    ExperimentConfig,
+    add_override_options,
+    load_experiment,
+    overrides_from_args,
+    to_yaml,
+)
+from proxyflox.sites import Deployment, load_deployment  # noqa: E402
+from proxyflox.stores import StoreUnreachableError, check_store  # noqa: E402
 
 DEFAULT_EXPERIMENT = Path(__file__).resolve().parent.parent / "experiments" / "digits_fedavg.yaml"
 EXIT_BAD_INPUT = 2
@@ -61,6 +82,16 @@ def _stop_on_sigterm(signum: int, frame: FrameType | None) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The command line; returns the exit code (2: bad input, 3: run stopped, 130: interrupted)."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:
+        print("interrupted before the run started; nothing was written", file=sys.stderr)
+        return 130
+
+
+def _main(argv: list[str] | None) -> int:
     args, extra = build_parser().parse_known_args(argv)
     resume: ResumePoint | None = None
     try:
@@ -91,6 +122,11 @@ def main(argv: list[str] | None = None) -> int:
 
     if resume is not None:
         run_dir = resume.run_dir
+        try:
+            lock = lock_run_dir(run_dir)
+        except RunDirInUseError as err:
+            print(f"error: resume: {err}", file=sys.stderr)
+            return EXIT_BAD_INPUT
         truncate_round_logs(run_dir, resume.round_number)
         print(f"resuming {run_dir} after round {resume.round_number}", flush=True)
     else:
@@ -107,10 +143,26 @@ def main(argv: list[str] | None = None) -> int:
                 file=sys.stderr,
             )
             return EXIT_BAD_INPUT
+        lock = lock_run_dir(run_dir)  # a --resume of it while it runs is refused
         (run_dir / "config.yaml").write_text(
             to_yaml(experiment, {"parsl_config": str(deployment.path)})
         )
         print(f"run directory: {run_dir}", flush=True)
+    try:
+        return _run(args, experiment, deployment, plan, run_dir, resume)
+    finally:
+        lock.close()
+
+
+def _run(
+    args: argparse.Namespace,
+    experiment: ExperimentConfig,
+    deployment: Deployment,
+    plan: Plan,
+    run_dir: Path,
+    resume: ResumePoint | None,
+) -> int:
+    """Run the experiment in ``run_dir``; every way out is one line and an exit code."""
     # A closing terminal or a dropped ssh session (SIGHUP) stops the run like SIGTERM does.
     signal.signal(signal.SIGTERM, _stop_on_sigterm)
     signal.signal(signal.SIGHUP, _stop_on_sigterm)
@@ -125,13 +177,26 @@ def main(argv: list[str] | None = None) -> int:
             plan=plan,
         )
     except KeyboardInterrupt:
-        print(
-            f"interrupted; finished rounds are in {run_dir} (continue: --resume {run_dir})",
-            file=sys.stderr,
-        )
+        if has_checkpoint(run_dir):
+            print(
+                f"interrupted; finished rounds are in {run_dir} (continue: --resume {run_dir})",
+                file=sys.stderr,
+            )
+        else:  # nothing to keep and nothing to resume
+            shutil.rmtree(run_dir, ignore_errors=True)
+            print(
+                f"interrupted before the first round finished; nothing to resume ({run_dir} "
+                "removed)",
+                file=sys.stderr,
+            )
         return 130
     except RunStoppedError as err:
-        print(f"error: run stopped: {err}; continue later: --resume {run_dir}", file=sys.stderr)
+        then = (
+            f"continue later: --resume {run_dir}"
+            if has_checkpoint(run_dir)
+            else f"no round finished, so there is nothing to resume (Parsl's logs: {run_dir}/parsl)"
+        )
+        print(f"error: run stopped: {err}; {then}", file=sys.stderr)
         return EXIT_RUN_STOPPED
     except ConfigError as err:
         if args.debug:

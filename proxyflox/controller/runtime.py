@@ -8,6 +8,7 @@ one train app per site executor, init, aggregate and evaluate on the aggregator.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import copy
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
@@ -94,7 +95,16 @@ class ParslRuntime:
         self._dfk: DataFlowKernel | None = None
 
     def __enter__(self) -> ParslRuntime:
-        self._dfk = parsl.load(self.config)
+        try:
+            self._dfk = parsl.load(self.config)
+        except BaseException:
+            # Cut off while loading (Ctrl-C, a failing executor): no DFK to clean up, so stop
+            # the interchanges that did start, before anyone removes the run directory.
+            for executor in self.config.executors:
+                if getattr(executor, "interchange_proc", None) is not None:
+                    with contextlib.suppress(Exception):
+                        executor.shutdown()
+            raise
         return self
 
     def __exit__(
