@@ -257,6 +257,11 @@ def overrides_from_args(args: argparse.Namespace, extra: Sequence[str] = ()) -> 
     while tokens:
         token = tokens.pop(0)
         name, has_value, value = token.partition("=")
+        if "password" in name.lower():  # never echo what follows: it is a secret
+            raise ConfigError(
+                f"{name}: not a setting; a password is never given on the command line or in "
+                "a file: the Redis password is read from PROXYFLOX_REDIS_PASSWORD"
+            )
         if not name.startswith("--site_options.") or name.count(".") != 2:
             known = ["--" + n for n in option_names()]
             raise ConfigError(f"unknown option {short_repr(token)}{did_you_mean(name, known)}")

@@ -193,9 +193,19 @@ def test_the_redis_password_is_used_but_never_shown_or_written(tmp_path: Path) -
             env=env | {REDIS_PASSWORD_ENV: "not-it"}, cwd=tmp_path,
             capture_output=True, text=True, timeout=300,
         )  # fmt: skip
+        missing = subprocess.run(
+            [*args, "--runs_dir", str(tmp_path / "missing")], env=bare_env(), cwd=tmp_path,
+            capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
     assert wrong.returncode == 2
-    assert f"error: redis at 127.0.0.1:{port} is unreachable" in wrong.stderr
+    # Not "unreachable": the server answered, and the line says what is wrong and where.
+    assert (
+        f"error: redis at 127.0.0.1:{port} refused to authenticate: {REDIS_PASSWORD_ENV} holds "
+        "a wrong one"
+    ) in wrong.stderr
     assert "not-it" not in wrong.stderr
+    assert missing.returncode == 2
+    assert f"{REDIS_PASSWORD_ENV} is not set" in missing.stderr
     for output in (good.stdout, good.stderr, wrong.stdout, wrong.stderr):
         assert password not in output
     written = [p for p in (tmp_path / "runs").rglob("*") if p.is_file()]
@@ -216,3 +226,22 @@ def test_a_shared_store_directory_keeps_its_mode_and_others_files(tmp_path: Path
     assert (shared.stat().st_mode & 0o7777) == 0o1777
     assert [p.name for p in shared.iterdir()] == ["someone-elses.bin"]
     assert "left in" not in done.stderr  # nobody else's files are counted as the run's
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--store.password=pw-secret-42"],
+        ["--store.password", "pw-secret-42"],
+        ["--store.host", ":pw-secret-42@127.0.0.1"],
+        ["--store.host", "redis://user:pw-secret-42@db.example"],
+    ],
+)
+def test_a_password_typed_where_it_does_not_belong_is_never_echoed(
+    tmp_path: Path, args: list[str]
+) -> None:
+    done = run_cli(*args, "--runs_dir", str(tmp_path / "runs"), cwd=tmp_path)
+    assert done.returncode == 2
+    assert "pw-secret-42" not in done.stdout + done.stderr
+    assert "PROXYFLOX_REDIS_PASSWORD" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1

@@ -48,13 +48,18 @@ class RedisBackend:
             socket_connect_timeout=5,
             socket_timeout=5,
         )
+        where = self.describe(settings, None)
+        problem = "holds a wrong one" if os.environ.get(REDIS_PASSWORD_ENV) else "is not set"
         try:
             client.ping()
+        except redis.exceptions.AuthenticationError:  # NOAUTH, or a wrong password
+            raise StoreUnreachableError(
+                f"{where} refused to authenticate: {REDIS_PASSWORD_ENV} {problem} (the only "
+                "place the Redis password is read from)"
+            ) from None
         except redis.exceptions.RedisError as err:
             # The exception text names host and port, never the password.
-            raise StoreUnreachableError(
-                f"{self.describe(settings, None)} is unreachable: {err}"
-            ) from None
+            raise StoreUnreachableError(f"{where} is unreachable: {err}") from None
         finally:
             client.close()
 

@@ -31,6 +31,17 @@ class StoreSettings(Settings):
     access_log: Bool = False
 
     @model_validator(mode="after")
+    def _no_password_in_the_address(self) -> StoreSettings:
+        # redis://user:secret@host or user:secret@host: refused without echoing the value.
+        if "@" in self.host or "://" in self.host:
+            raise ConfigError(
+                "store.host: must be a host name or address (the value given is not shown: it "
+                "looks like it holds credentials); a Redis password belongs in "
+                "PROXYFLOX_REDIS_PASSWORD"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _endpoint_needs_its_file(self) -> StoreSettings:
         if self.backend == "endpoint" and not self.endpoints_file:
             raise ConfigError(
