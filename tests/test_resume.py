@@ -118,3 +118,16 @@ def test_resume_refuses_a_corrupt_round_log_and_changes_nothing(tmp_path: Path) 
     assert "rounds.csv is corrupt (line " in done.stderr
     assert "Traceback" not in done.stderr
     assert rounds.read_text() == corrupt  # nothing truncated or rewritten
+
+
+def test_resume_onto_a_checkpoint_of_another_model_is_one_short_line(tmp_path: Path) -> None:
+    run_dir = kill_after_round(["--rounds", "6", "--runs_dir", "runs"], tmp_path, 2)
+    settings = run_dir / "config.yaml"
+    settings.write_text(settings.read_text().replace("model: cnn", "model: depth_cnn"))
+    rounds = (run_dir / "rounds.csv").read_text()
+    done = run_cli("--resume", str(run_dir), cwd=tmp_path)
+    assert done.returncode == 2
+    assert len(done.stderr.strip().splitlines()) == 1
+    assert len(done.stderr) < 400  # not torch's 2 KB state_dict message
+    assert "the checkpoint holds the weights of another model than depth_cnn" in done.stderr
+    assert (run_dir / "rounds.csv").read_text() == rounds

@@ -28,11 +28,13 @@ from proxyflox.checkpoints import (  # noqa: E402
     ResumePoint,
     find_resume_point,
     has_checkpoint,
+    read_checkpoint,
     truncate_round_logs,
 )
 from proxyflox.controller import Plan, RunStoppedError, plan_run, run_federation  # noqa: E402
 from proxyflox.errors import ConfigError  # noqa: E402
 from proxyflox.inventory import INVENTORY_ENV  # noqa: E402
+from proxyflox.preflight import check_resume_checkpoint  # noqa: E402
 from proxyflox.results import RunDirInUseError, create_run_dir, lock_run_dir  # noqa: E402
 from proxyflox.settings import (  # noqa: E402
     ExperimentConfig,
@@ -112,6 +114,13 @@ def _main(argv: list[str] | None) -> int:
         deployment = load_deployment(args.config or (resume.parsl_config if resume else "local.py"))
         # Fails here, before a run directory exists.
         plan = plan_run(experiment, deployment)
+        if resume is not None:
+            check_resume_checkpoint(
+                experiment,
+                read_checkpoint(resume.checkpoint)[0],
+                plan.setups[experiment.aggregator].data.data_dir,
+                f"resume: {resume.run_dir}",
+            )
         if experiment.transfer == "proxy":
             check_store(experiment.store)
     except (ConfigError, StoreUnreachableError) as err:
