@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
@@ -104,3 +105,24 @@ def test_a_lost_redis_stops_the_run_and_resume_works_once_it_is_back(tmp_path: P
         assert resumed.returncode == 0, resumed.stderr
         assert redis_keys(same_port) == []
     assert [row["round"] for row in read_rounds(run_dir)] == ["1", "2", "3", "4", "5"]
+
+
+@pytest.fixture
+def tiny_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 2 MB file system (tmpfs, this test's own), which a run fills within a round."""
+    mount_point = tmp_path / "tiny"
+    mount_point.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount_point)], check=True)
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], check=False)
+
+
+def test_a_full_disk_is_one_line_naming_where(tmp_path: Path, tiny_disk: Path) -> None:
+    done = run_cli("--rounds", "3", "--runs_dir", str(tiny_disk / "runs"), cwd=tmp_path)
+    assert done.returncode == 3
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr[:2000]  # not thousands of logging tracebacks
+    assert lines[0].startswith("error: run stopped: no space left on the device holding ")
+    assert str(tiny_disk / "runs") in lines[0]

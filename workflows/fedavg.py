@@ -6,6 +6,8 @@
 from __future__ import annotations
 
 import argparse
+import errno
+import logging
 import os
 import shutil
 import signal
@@ -86,6 +88,9 @@ def _stop_on_sigterm(signum: int, frame: FrameType | None) -> None:
 def main(argv: list[str] | None = None) -> int:
     """The command line; returns the exit code (2: bad input, 3: run stopped, 130: interrupted)."""
     signal.signal(signal.SIGINT, signal.default_int_handler)
+    # A log handler that cannot write (a full disk) must not print a traceback per message:
+    # the run's own error says what happened, once.
+    logging.raiseExceptions = False
     try:
         return _main(argv)
     except KeyboardInterrupt:
@@ -212,6 +217,21 @@ def _run(
             traceback.print_exc()
         print(f"error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except OSError as err:
+        if args.debug:
+            traceback.print_exc()
+        if err.errno != errno.ENOSPC:
+            hint = "" if args.debug else " (--debug shows the traceback)"
+            print(f"error: run failed: {type(err).__name__}: {err}{hint}", file=sys.stderr)
+            return 1
+        where = err.filename or run_dir
+        print(
+            f"error: run stopped: no space left on the device holding {where}; free space "
+            f"there (or pick another runs_dir or store.directory)"
+            + (f", then --resume {run_dir}" if has_checkpoint(run_dir) else ""),
+            file=sys.stderr,
+        )
+        return EXIT_RUN_STOPPED
     except Exception as err:
         if args.debug:
             traceback.print_exc()
