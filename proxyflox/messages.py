@@ -4,7 +4,7 @@ A task carries only what the app that runs it reads. Weights travel as reference
 proxy where a site resolves them (it finds its store through the proxy, so the store's config
 travels once, inside it), a bare store key where the aggregator reads many of them from the one
 store config of its task. With ``transfer: direct`` a reference is the arrays themselves (the
-benchmark baseline).
+baseline that shows what the store saves).
 
 Records that hold references compare by identity (``eq=False``): comparing two of them must never
 resolve a proxy. Every record has ``__slots__``: pickled, it carries its field values without

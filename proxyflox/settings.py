@@ -109,7 +109,7 @@ class ExperimentConfig(Settings):
     momentum: Decay = 0.9
     #: Every random draw of the run derives from it (numpy's and scikit-learn's range).
     seed: Annotated[Int, Field(ge=0, le=2**32 - 1)] = 0
-    #: ``proxy``: weights travel through the store; ``direct``: through Parsl (benchmark baseline).
+    #: ``proxy``: weights travel through the store; ``direct``: through Parsl (the baseline).
     transfer: Annotated[Str, one_of(TRANSFER_MODES)] = "proxy"
     #: torch intra-op threads inside each train/evaluate app.
     torch_threads: Count = 1

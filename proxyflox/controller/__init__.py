@@ -57,7 +57,7 @@ def run_federation(
         resume: Continue a stopped run from its last checkpoint.
         plan: The run's plan, if the caller already made it (:func:`plan_run`).
         observer: Watches the run's events (besides the progress lines).
-        bodies: Replacement app bodies (benchmarks).
+        bodies: Replacement app bodies (timed ones, for measurements).
 
     Raises:
         ConfigError: if the experiment does not fit the deployment.

@@ -1,6 +1,6 @@
 """Watching a run: the round loops call an observer at each event, in the controller's thread.
 
-The command line prints one line per round through :class:`ProgressLines`; benchmarks record
+The command line prints one line per round through :class:`ProgressLines`; measurements record
 timings through observers of their own. An observer only watches: it gets the typed records the
 apps returned and the rows written, and must not change them.
 """

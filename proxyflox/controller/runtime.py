@@ -45,7 +45,7 @@ LATE_APPS_GRACE_SECONDS = 120.0
 
 @dataclass(frozen=True)
 class AppBodies:
-    """The functions the apps run; benchmarks swap in timed bodies of the same signature."""
+    """The functions the apps run; measurements swap in timed bodies of the same signature."""
 
     init: Callable[..., Any] = apps.init_global_model
     train: Callable[..., Any] = apps.train_site

@@ -4,7 +4,7 @@ The controller opens the run's :class:`~proxystore.store.base.Store` with :func:
 init and aggregate apps open it from its config (:func:`open_app_store`), sites find it through
 the proxy they receive (:func:`store_of`). Apps :func:`put_weights` and :func:`resolve_weights`.
 With ``transfer: direct`` there is no store and weights travel through Parsl itself (the
-benchmark baseline).
+baseline that shows what the store saves).
 """
 
 from __future__ import annotations
