@@ -206,3 +206,15 @@ def test_host_key_checking_may_be_a_bare_yaml_yes(tmp_path: Path, files: dict[st
     bare_no = text.replace("  user: pi\n", "  user: pi\n  host_key_checking: no\n")
     with pytest.raises(ConfigError, match="host_key_checking: must be one of yes, accept-new"):
         load_inventory(write(tmp_path, bare_no))
+
+
+def test_cli_refuses_an_inventory_that_names_a_pi_twice(
+    tmp_path: Path, files: dict[str, str]
+) -> None:
+    twice = yaml.safe_dump(two_pis(files)).replace("  pi-2:\n", "  pi-1:\n")
+    path = write(tmp_path, twice)
+    done = run_cli("--config", "pis.py", "--inventory", str(path), cwd=tmp_path)
+    assert done.returncode == 2
+    assert done.stderr.count("\n") == 1
+    assert "duplicate key 'pi-1' at line" in done.stderr
+    assert not (tmp_path / "runs").exists()
