@@ -222,3 +222,39 @@ def test_the_lab_is_torn_down_when_a_test_fails(tmp_path: Path) -> None:
 def test_a_missing_prerequisite_fails_naming_it() -> None:
     with pytest.raises(pytest.fail.Exception, match="the command '/nonexistent/sshd'"):
         require(root=True, commands=["ip", "/nonexistent/sshd"])
+
+
+def test_a_killed_controller_leaves_nothing_running_on_the_pis(
+    tmp_path: Path, lab: NetnsLab
+) -> None:
+    # kill -9 of the controller: its interchanges die with it, and each Pi's worker pool,
+    # having lost its interchange, exits within its heartbeat threshold (60 s in pis.py).
+    pi1, pi2 = lab.hosts[:2]
+    inventory = write_inventory(
+        tmp_path / "pis.yaml",
+        lab,
+        {"pi-1": {"host": pi1.address}, "pi-2": {"host": pi2.address}},
+    )
+    process = subprocess.Popen(
+        [sys.executable, str(CLI), "--config", "pis.py", "--inventory", str(inventory),
+         "--runs_dir", str(tmp_path / "runs"), "--rounds", "500", "--sites", "2"],
+        cwd=tmp_path, env=bare_env(), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+        text=True, start_new_session=True,
+    )  # fmt: skip
+    assert process.stdout is not None
+    for line in process.stdout:
+        if line.startswith("round   2/"):
+            break
+    assert worker_pools_in([pi1, pi2])  # the Pis are working
+    process.kill()
+    process.wait(timeout=30)
+    killed = time.monotonic()
+
+    def leftovers() -> list[str]:
+        return worker_pools_in([pi1, pi2]) + processes_mentioning(str(tmp_path / "worker-logs"))
+
+    try:
+        wait_for("the Pis' worker pools to exit", lambda: not leftovers(), timeout=120, interval=1)
+    except TimeoutError:
+        pytest.fail(f"left behind after 120 s: {leftovers()}", pytrace=False)
+    assert time.monotonic() - killed < 120
