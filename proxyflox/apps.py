@@ -11,7 +11,7 @@ import functools
 import os
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -30,6 +30,7 @@ from proxyflox.messages import (
     InitTask,
     Instructions,
     ModelSpec,
+    Primed,
     SiteSetup,
     TrainResult,
     WeightsRef,
@@ -41,6 +42,9 @@ from proxyflox.stores import enter_site, open_app_store, put_weights, resolve_we
 from proxyflox.strategies import Update
 from proxyflox.training import evaluate, train_local
 from proxyflox.weights import Weights, weights_nbytes
+
+#: Sites whose data one worker process keeps (train and local test splits together).
+SITE_DATA_CACHE = 8
 
 
 def site_data(
@@ -57,7 +61,7 @@ def site_data(
     return _site_data(spec, site, split, info)
 
 
-@functools.lru_cache(maxsize=8)
+@functools.lru_cache(maxsize=SITE_DATA_CACHE)
 def _site_data(spec: DataSpec, site: int, split: str, info: DatasetInfo | None) -> ArrayDataset:
     cap = spec.samples_per_site if split == TRAIN else None
     what = "training samples" if split == TRAIN else "test samples (evaluate_sites)"
@@ -116,6 +120,30 @@ def new_model(spec: ModelSpec, info: DatasetInfo) -> torch.nn.Module:
             depth=spec.depth,
             width_multiplier=spec.width_multiplier,
         )
+
+
+def prime_worker(setup: SiteSetup, sites: Sequence[int]) -> Primed:
+    """Any executor: load its sites' data (none: the global test split) into this worker."""
+    start = time.perf_counter()
+    loaded: list[str] = []
+    errors: list[str] = []
+    targets: list[int | None] = [*sites] or [None]
+    for site in targets:
+        try:
+            data = (
+                load_split(setup.data, TEST)
+                if site is None
+                else site_data(
+                    setup.data, site, info=dataset_info(setup.data.dataset, setup.data.data_dir)
+                )
+            )
+            loaded.append(f"{TEST if site is None else f'site {site}'}: {len(data)} samples")
+        except Exception as err:  # the train or evaluate app that needs the data says why
+            errors.append(f"{type(err).__name__}: {err}".splitlines()[0])
+    seconds = time.perf_counter() - start
+    return Primed(
+        os.getpid(), socket.gethostname(), tuple(loaded), seconds, errors[0] if errors else ""
+    )
 
 
 def init_global_model(task: InitTask) -> GlobalModel:

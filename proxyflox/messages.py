@@ -182,6 +182,19 @@ class AggregateResult:
 
 
 @dataclass(frozen=True, slots=True)
+class Primed:
+    """What a priming app loaded into its worker process's caches (names and counts, no data)."""
+
+    pid: int
+    host: str
+    #: What it loaded, e.g. ``("site 0: 360 samples",)`` or ``("test: 360 samples",)``.
+    loaded: tuple[str, ...]
+    seconds: float
+    #: Why loading failed (the first error, one line); the app that needs the data reports it.
+    error: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class Evaluation:
     """Accuracy and loss of a global model on some test data."""
 

@@ -3,6 +3,12 @@
 The caller's Parsl ``Config`` is not changed: the run works on a shallow copy with its own
 ``run_dir`` and ``retries``. Apps are pinned to executors when they are bound (as Parsl wants):
 one train app per site executor, init, aggregate and evaluate on the aggregator.
+
+Right after loading, every executor that runs apps gets a priming app (its worker imports torch
+and loads its data while the others do theirs). Nothing waits for it: a round's train app queues
+behind its executor's priming, an executor without a sampled site holds nobody up, a failed
+priming only leaves the data to the app that needs it, and one still pending at the end is
+abandoned with its executor.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ from proxyflox.messages import (
     GlobalModel,
     InitTask,
     Instructions,
+    Primed,
     TrainResult,
     UpdateRef,
 )
@@ -52,6 +59,8 @@ class AppBodies:
     aggregate: Callable[..., Any] = apps.aggregate_updates
     evaluate: Callable[..., Any] = apps.evaluate_global
     evaluate_site: Callable[..., Any] = apps.evaluate_site
+    #: Warms each executor's worker at the start (``None``: no priming).
+    prime: Callable[..., Any] | None = apps.prime_worker
 
 
 class ParslRuntime:
@@ -91,6 +100,16 @@ class ParslRuntime:
         self._evaluate_site = {
             label: python_app(bodies.evaluate_site, executors=[label]) for label in plan.site_labels
         }
+        self._prime = (
+            {
+                label: python_app(bodies.prime, executors=[label])
+                for label in [*plan.site_labels, plan.aggregator]
+            }
+            if bodies.prime is not None
+            else {}
+        )
+        #: Each executor's priming, by label (none before entering, or without a priming body).
+        self.primings: dict[str, Future[Primed]] = {}
         self._submitted: list[Future[Any]] = []
         self._dfk: DataFlowKernel | None = None
 
@@ -105,7 +124,19 @@ class ParslRuntime:
                     with contextlib.suppress(Exception):
                         executor.shutdown()
             raise
+        self._start_priming()
         return self
+
+    def _start_priming(self) -> None:
+        """Submit each executor's priming app, waiting for none (see the module docstring)."""
+        hosted: dict[str, list[int]] = {label: [] for label in self._prime}
+        for site, label in enumerate(self.plan.placement):
+            hosted[label].append(site)
+        for label, prime in self._prime.items():
+            # More sites than a worker keeps would only evict one another.
+            sites = tuple(hosted[label][: apps.SITE_DATA_CACHE])
+            with contextlib.suppress(Exception):
+                self.primings[label] = prime(self.plan.setups[label], sites)
 
     def __exit__(
         self,
