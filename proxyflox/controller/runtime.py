@@ -129,12 +129,10 @@ class ParslRuntime:
 
     def _start_priming(self) -> None:
         """Submit each executor's priming app, waiting for none (see the module docstring)."""
-        hosted: dict[str, list[int]] = {label: [] for label in self._prime}
-        for site, label in enumerate(self.plan.placement):
-            hosted[label].append(site)
         for label, prime in self._prime.items():
+            hosted = [site for site, where in enumerate(self.plan.placement) if where == label]
             # More sites than a worker keeps would only evict one another.
-            sites = tuple(hosted[label][: apps.SITE_DATA_CACHE])
+            sites = tuple(hosted[: apps.SITE_DATA_CACHE])
             with contextlib.suppress(Exception):
                 self.primings[label] = prime(self.plan.setups[label], sites)
 
