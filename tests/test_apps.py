@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import os
 import pickle
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,10 +13,19 @@ import pytest
 from proxystore.proxy import Proxy, is_resolved
 from proxystore.store.config import StoreConfig
 
-from proxyflox.apps import aggregate_updates, evaluate_global, init_global_model, train_site
+from proxyflox import apps, data
+from proxyflox.apps import (
+    aggregate_updates,
+    evaluate_global,
+    init_global_model,
+    prime_worker,
+    train_site,
+)
+from proxyflox.controller.planner import plan_run
 from proxyflox.data import dataset_info
 from proxyflox.messages import AggregateTask, InitTask, Instructions, UpdateRef
 from proxyflox.settings import load_experiment
+from proxyflox.sites import load_deployment
 from proxyflox.stores import key_of, open_app_store, open_store, put_weights, resolve_weights
 from proxyflox.strategies import FedAvg
 from tests.helpers import DEFAULT_EXPERIMENT, experiment_setup
@@ -89,3 +100,38 @@ def test_direct_transfer_passes_the_arrays_themselves() -> None:
     metrics = evaluate_global(setup, new_global.model)
     assert 0.0 <= metrics.accuracy <= 1.0
     assert metrics.loss > 0
+
+
+def test_priming_loads_exactly_the_data_its_executors_apps_then_use() -> None:
+    config = load_experiment(DEFAULT_EXPERIMENT, {"sites": "8", "transfer": "direct"})
+    plan = plan_run(config, load_deployment("local.py"))
+    setup, aggregator = plan.setups["site-1"], plan.setups[plan.aggregator]
+    global_model = pickle.loads(pickle.dumps(init_global_model(InitTask(aggregator, None))))
+    apps._site_data.cache_clear()
+    data.load_split.cache_clear()
+
+    primed = prime_worker(setup, (1, 5))  # the two sites that local.py places on site-1
+    assert primed.pid == os.getpid()
+    assert primed.error == ""
+    assert primed.loaded == ("site 1: 180 samples", "site 5: 179 samples")  # 1437 over 8
+    assert len(pickle.dumps(primed)) < 512  # names and counts, no data
+    assert apps._site_data.cache_info().currsize == 2
+    for site in (1, 5):  # training finds both in this process's cache: nothing loads again
+        assert train_site(setup, site, 1, global_model, Instructions()).num_samples in (179, 180)
+    assert apps._site_data.cache_info()[:2] == (2, 2)  # hits, misses
+
+    primed = prime_worker(aggregator, ())  # the aggregator: the global test split
+    assert primed.loaded == ("test: 360 samples",)
+    assert primed.error == ""
+    test_split_loads = data.load_split.cache_info().misses
+    evaluate_global(aggregator, global_model)
+    assert data.load_split.cache_info().misses == test_split_loads
+
+
+def test_priming_data_that_cannot_load_says_why_and_raises_nothing(tmp_path: Path) -> None:
+    setup = experiment_setup(load_experiment(DEFAULT_EXPERIMENT))
+    missing = dataclasses.replace(setup.data, dataset="folder", data_dir=str(tmp_path / "none"))
+    primed = prime_worker(dataclasses.replace(setup, data=missing), (0, 4))
+    assert primed.loaded == ()
+    assert "does not exist" in primed.error
+    assert "\n" not in primed.error

@@ -9,11 +9,13 @@ from pathlib import Path
 import torch
 
 from proxyflox.apps import shuffle_seed, site_data
-from proxyflox.controller import RunResult
-from proxyflox.controller.planner import data_spec
+from proxyflox.controller import AppBodies, RunResult
+from proxyflox.controller.planner import data_spec, plan_run
+from proxyflox.controller.runtime import ParslRuntime
 from proxyflox.models.weights import weights_of
 from proxyflox.results import round_columns
 from proxyflox.settings import load_experiment
+from proxyflox.sites import load_deployment
 from proxyflox.training import train_local
 from tests.helpers import DEFAULT_EXPERIMENT, experiment_model
 
@@ -104,3 +106,27 @@ def test_fedavg_on_one_site_equals_centralized_training_bit_for_bit(run_local: R
     assert set(saved) == set(central)
     for name, array in central.items():
         assert saved[name].numpy().tobytes() == array.tobytes(), name
+
+
+def test_every_executor_is_primed_with_its_own_sites_once_parsl_loads(tmp_path: Path) -> None:
+    deployment = load_deployment("local.py")
+    plan = plan_run(load_experiment(DEFAULT_EXPERIMENT, {"sites": "6"}), deployment)
+    with ParslRuntime(deployment.parsl_config, plan, tmp_path, None, 0) as runtime:
+        primed = {label: future.result(timeout=60) for label, future in runtime.primings.items()}
+    assert {label: [entry.split(":")[0] for entry in p.loaded] for label, p in primed.items()} == {
+        "site-0": ["site 0", "site 4"],
+        "site-1": ["site 1", "site 5"],
+        "site-2": ["site 2"],
+        "site-3": ["site 3"],
+        "aggregator": ["test"],
+    }
+    assert all(p.error == "" for p in primed.values())
+
+
+def test_without_a_priming_body_nothing_is_primed(tmp_path: Path) -> None:
+    deployment = load_deployment("local.py")
+    plan = plan_run(load_experiment(DEFAULT_EXPERIMENT), deployment)
+    with ParslRuntime(
+        deployment.parsl_config, plan, tmp_path, None, 0, AppBodies(prime=None)
+    ) as runtime:
+        assert runtime.primings == {}

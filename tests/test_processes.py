@@ -6,18 +6,26 @@ down on every exit path, leaving no worker behind.
 
 from __future__ import annotations
 
+import csv
 import os
 import signal
 import subprocess
 import sys
 import time
+from concurrent.futures import Future
 from pathlib import Path
 
 import psutil
 import pytest
 
 from proxyflox.checkpoints import find_resume_point
-from tests.helpers import CLI, bare_env, only_run_dir, run_cli
+from proxyflox.controller import AppBodies, run_federation
+from proxyflox.controller.runtime import ParslRuntime
+from proxyflox.messages import Primed
+from proxyflox.results import create_run_dir
+from proxyflox.settings import load_experiment
+from proxyflox.sites import load_deployment
+from tests.helpers import CLI, DEFAULT_EXPERIMENT, bare_env, only_run_dir, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -81,6 +89,56 @@ def test_controller_never_reads_weights_on_real_processes(tmp_path: Path) -> Non
     assert {pid for pid, op, _ in log if op == "evict"} == {controller}
     assert list(store_dir.iterdir()) == []
     assert wait_until_gone(run_dir) == []
+
+
+def test_every_worker_is_primed_and_the_run_is_the_unprimed_one_bit_for_bit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    primings: dict[str, Future[Primed]] = {}
+    start_priming = ParslRuntime._start_priming
+
+    def recording(runtime: ParslRuntime) -> None:
+        start_priming(runtime)
+        primings.update(runtime.primings)
+
+    monkeypatch.setattr(ParslRuntime, "_start_priming", recording)
+    experiment = load_experiment(DEFAULT_EXPERIMENT, {"rounds": "2", "runs_dir": str(tmp_path)})
+    primed_dir = create_run_dir(tmp_path / "primed", experiment.name)
+    run_federation(
+        experiment, load_deployment("local_htex.py"), primed_dir, progress=lambda line: None
+    )
+    unprimed_dir = create_run_dir(tmp_path / "unprimed", experiment.name)
+    run_federation(
+        experiment,
+        load_deployment("local.py"),
+        unprimed_dir,
+        progress=lambda line: None,
+        bodies=AppBodies(prime=None),
+    )
+
+    primed = {label: future.result(timeout=0) for label, future in primings.items()}
+    assert {label: [entry.split(":")[0] for entry in p.loaded] for label, p in primed.items()} == {
+        **{f"site-{site}": [f"site {site}"] for site in range(4)},
+        "aggregator": ["test"],
+    }
+    assert all(p.error == "" for p in primed.values())
+    pids = {p.pid for p in primed.values()}
+    assert len(pids) == 5
+    assert os.getpid() not in pids
+    with open(primed_dir / "sites.csv", newline="") as file:  # each primed the worker that trains
+        trained = {(row["executor"], int(row["pid"])) for row in csv.DictReader(file)}
+    assert trained == {(f"site-{site}", primed[f"site-{site}"].pid) for site in range(4)}
+
+    def metrics(run_dir: Path) -> list[tuple[str, str, str]]:
+        with open(run_dir / "rounds.csv", newline="") as file:
+            return [(r["round"], r["accuracy"], r["loss"]) for r in csv.DictReader(file)]
+
+    assert metrics(primed_dir) == metrics(unprimed_dir)
+    assert (primed_dir / "model.pt").read_bytes() == (unprimed_dir / "model.pt").read_bytes()
+    for checkpoint in (unprimed_dir / "checkpoints").rglob("*"):
+        if checkpoint.is_file():
+            twin = primed_dir / checkpoint.relative_to(unprimed_dir)
+            assert twin.read_bytes() == checkpoint.read_bytes(), twin
 
 
 @pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
