@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from torchvision.datasets import FashionMNIST
-
 from proxyflox.data.base import ArrayDataset, DatasetInfo, torchvision_dataset
 from proxyflox.data.mnist import load_mnist_family
 
@@ -12,6 +10,8 @@ INFO = DatasetInfo(input_shape=(1, 28, 28), num_classes=10)
 
 def load_fashion_mnist(data_dir: str | None, *, train: bool, download: bool) -> ArrayDataset:
     """60,000 training or 10,000 test images of clothing as (N, 1, 28, 28) floats in [0, 1]."""
+    from torchvision.datasets import FashionMNIST  # torchvision loads where the data is read
+
     return load_mnist_family(
         FashionMNIST, "fashion_mnist", data_dir, train=train, download=download
     )

@@ -23,8 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from torchvision.datasets import ImageFolder
-from torchvision.datasets.folder import find_classes
 
 from proxyflox.data.base import ArrayDataset, Dataset, DatasetInfo, images_to_array
 from proxyflox.errors import ConfigError
@@ -88,6 +86,8 @@ def load_folder(path: str, classes: tuple[str, ...] | None = None) -> LocalData:
 
 
 def _class_folders(directory: Path) -> list[str]:
+    from torchvision.datasets.folder import find_classes  # loads where folders are read
+
     try:
         names, _ = find_classes(directory)
     except FileNotFoundError:
@@ -97,28 +97,34 @@ def _class_folders(directory: Path) -> list[str]:
     return names
 
 
-class _KnownClassesFolder(ImageFolder):
+@functools.cache
+def _known_classes_folder() -> type[Any]:
     """ImageFolder numbering classes by a given list instead of by the folders it finds.
 
-    A site with only some of the classes thus still labels them as everyone else does.
+    A site with only some of the classes thus still labels them as everyone else does. Built
+    on first use: torchvision loads only where a folder is read.
     """
+    from torchvision.datasets import ImageFolder
 
-    def __init__(self, root: Path, classes: tuple[str, ...]) -> None:
-        self._known = classes  # read by find_classes, which the base __init__ calls
-        super().__init__(str(root), allow_empty=True)
+    class KnownClassesFolder(ImageFolder):
+        def __init__(self, root: Path, classes: tuple[str, ...]) -> None:
+            self._known = classes  # read by find_classes, which the base __init__ calls
+            super().__init__(str(root), allow_empty=True)
 
-    def find_classes(self, directory: Any) -> tuple[list[str], dict[str, int]]:
-        unknown = sorted(set(_class_folders(Path(directory))) - set(self._known))
-        if unknown:
-            raise ConfigError(
-                f"data_dir: {directory} has class folder(s) {', '.join(unknown)} that the "
-                f"aggregator's data does not have; known: {', '.join(self._known)}"
-            )
-        return list(self._known), {name: label for label, name in enumerate(self._known)}
+        def find_classes(self, directory: Any) -> tuple[list[str], dict[str, int]]:
+            unknown = sorted(set(_class_folders(Path(directory))) - set(self._known))
+            if unknown:
+                raise ConfigError(
+                    f"data_dir: {directory} has class folder(s) {', '.join(unknown)} that the "
+                    f"aggregator's data does not have; known: {', '.join(self._known)}"
+                )
+            return list(self._known), {name: label for label, name in enumerate(self._known)}
+
+    return KnownClassesFolder
 
 
 def _load_images(directory: Path, classes: tuple[str, ...]) -> ArrayDataset:
-    folder = _KnownClassesFolder(directory, classes)
+    folder = _known_classes_folder()(directory, classes)
     if not folder.samples:
         raise ConfigError(f"data_dir: {directory} holds no images")
     images = [np.asarray(folder.loader(path)) for path, _ in folder.samples]

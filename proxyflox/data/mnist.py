@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-from torchvision.datasets import MNIST
 
 from proxyflox.data.base import (
     ArrayDataset,
@@ -13,11 +14,16 @@ from proxyflox.data.base import (
     torchvision_dataset,
 )
 
+if TYPE_CHECKING:
+    from torchvision.datasets import MNIST
+
 INFO = DatasetInfo(input_shape=(1, 28, 28), num_classes=10)
 
 
 def load_mnist(data_dir: str | None, *, train: bool, download: bool) -> ArrayDataset:
     """60,000 training or 10,000 test images as (N, 1, 28, 28) floats in [0, 1]."""
+    from torchvision.datasets import MNIST  # torchvision loads where the dataset is read
+
     return load_mnist_family(MNIST, "mnist", data_dir, train=train, download=download)
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torchvision.ops import Conv2dNormActivation
 
 
 class DepthCNN(nn.Module):
@@ -18,6 +17,9 @@ class DepthCNN(nn.Module):
 
     def __init__(self, input_shape: tuple[int, ...], num_classes: int, depth: int = 1) -> None:
         super().__init__()
+        # torchvision loads only for the models that use it (it costs ~2 s per process).
+        from torchvision.ops import Conv2dNormActivation
+
         if depth < 1:
             raise ValueError(f"depth must be at least 1, got {depth}")
         channels, height, width = input_shape

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torchvision.ops import Conv2dNormActivation
 
 #: (output channels, stride) of each depthwise-separable block: MobileNet v1's thirteen blocks.
 #: The stem keeps stride 1 (ImageNet's stride-2 stem would shrink 32x32 inputs to 1x1 too early),
@@ -48,6 +47,9 @@ class MobileNetLike(nn.Module):
         self, input_shape: tuple[int, ...], num_classes: int, width_multiplier: float = 1.0
     ) -> None:
         super().__init__()
+        # torchvision loads only for the models that use it (it costs ~2 s per process).
+        from torchvision.ops import Conv2dNormActivation
+
         if width_multiplier <= 0:
             raise ValueError(f"width_multiplier must be greater than 0, got {width_multiplier}")
         in_channels = scaled_channels(STEM_CHANNELS, width_multiplier)
