@@ -40,7 +40,9 @@ def kill_worker_pool(run_dir: Path, label: str) -> None:
         and f"{run_dir}/parsl/000/{label}" in " ".join(p.info["cmdline"] or [])
     ]  # fmt: skip
     assert pools, f"no worker pool of {label} running"
-    for pool in pools:
+    for pool in pools:  # the whole machine is lost: the pool and the worker it spawned
+        for worker in pool.children(recursive=True):
+            worker.kill()
         pool.kill()
 
 

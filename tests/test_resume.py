@@ -3,6 +3,7 @@ ends bit for bit where an uninterrupted run ends."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import os
 import shutil
@@ -52,7 +53,10 @@ def kill_after_round(args: list[str], cwd: Path, round_number: int) -> Path:
     # Worker pools started in other sessions die once they lose the interchange; don't wait.
     for leftover in psutil.process_iter(["cmdline"]):
         if str(run_dir) in " ".join(leftover.info["cmdline"] or []):
-            leftover.kill()
+            with contextlib.suppress(psutil.Error):  # its spawned workers name no run dir
+                for worker in leftover.children(recursive=True):
+                    worker.kill()
+                leftover.kill()
     return cwd / run_dir if not run_dir.is_absolute() else run_dir
 
 
