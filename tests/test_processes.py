@@ -221,6 +221,21 @@ def test_a_terminal_ctrl_c_stops_the_whole_run_promptly(tmp_path: Path) -> None:
     assert find_resume_point(run_dir).round_number >= 2  # resumable
 
 
+def test_a_second_ctrl_c_during_shutdown_kills_the_run_at_once(tmp_path: Path) -> None:
+    # Whatever Parsl's shutdown waits on, a second Ctrl-C ends it (a first one that takes too
+    # long is ended the same way by a timer): the run's processes go, its rounds stay.
+    process, run_dir, interchanges = start_long_run(tmp_path)
+    os.killpg(process.pid, signal.SIGINT)
+    time.sleep(0.3)
+    os.killpg(process.pid, signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130
+    assert "interrupted (stopped again; its processes were killed); finished rounds" in stderr
+    assert wait_until_gone(run_dir) == []
+    assert alive(interchanges) == []
+    assert find_resume_point(run_dir).round_number >= 2
+
+
 def test_a_killed_controller_leaves_no_process_running(tmp_path: Path) -> None:
     # kill -9 (or the OOM killer): no shutdown code runs in the controller at all.
     process, run_dir, interchanges = start_long_run(tmp_path)
@@ -264,7 +279,7 @@ def test_ctrl_c_before_the_first_round_leaves_nothing_and_says_so(tmp_path: Path
     os.killpg(process.pid, signal.SIGINT)
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 130
-    assert "interrupted before the first round finished; nothing to resume" in stderr
+    assert "interrupted; no round finished, so there is nothing to resume" in stderr
     assert "--resume" not in stderr
     assert "Traceback" not in stderr
     assert not run_dir.exists()

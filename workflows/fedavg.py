@@ -6,12 +6,15 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
+import faulthandler
 import logging
 import os
 import shutil
 import signal
 import sys
+import threading
 import time
 import traceback
 from pathlib import Path
@@ -25,6 +28,8 @@ def _interrupted_while_starting(signum: int, frame: FrameType | None) -> None:
 
 if __name__ == "__main__":  # Ctrl-C while torch and Parsl import: one line, no traceback
     signal.signal(signal.SIGINT, _interrupted_while_starting)
+
+import psutil  # noqa: E402  (Parsl depends on it)
 
 from proxyflox.checkpoints import (  # noqa: E402
     ResumePoint,
@@ -81,13 +86,59 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _stop_on_sigterm(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")  # unwinds through Parsl's shutdown
+#: How long an interrupted run may take to shut Parsl down before its processes are killed.
+SHUTDOWN_GRACE_SECONDS = 15.0
+
+
+class _Interruption:
+    """Ctrl-C, SIGTERM and SIGHUP during a run: unwind through Parsl's shutdown, but never hang.
+
+    The first signal raises KeyboardInterrupt in the main thread, wherever it is, and arms a
+    timer: a shutdown still running after ``SHUTDOWN_GRACE_SECONDS`` (or a second signal) kills
+    the run's child processes and exits. Checkpoints are written atomically, so a forced exit
+    keeps every finished round resumable.
+    """
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = run_dir
+        self.timer: threading.Timer | None = None
+
+    def __call__(self, signum: int, frame: FrameType | None) -> None:
+        if self.timer is not None:
+            self.force_exit("stopped again")
+        self.timer = threading.Timer(
+            SHUTDOWN_GRACE_SECONDS,
+            self.force_exit,
+            [f"shutdown took over {SHUTDOWN_GRACE_SECONDS:.0f} s"],
+        )
+        self.timer.daemon = True
+        self.timer.start()
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    def force_exit(self, why: str) -> None:
+        children = psutil.Process().children(recursive=True)
+        for child in children:
+            with contextlib.suppress(psutil.Error):
+                child.kill()
+        psutil.wait_procs(children, timeout=5)
+        print(f"interrupted ({why}; its processes were killed); {_left_behind(self.run_dir)}",
+              file=sys.stderr, flush=True)  # fmt: skip
+        os._exit(130)
+
+
+def _left_behind(run_dir: Path) -> str:
+    """What an interrupted run leaves: its resumable rounds, or nothing (its directory removed)."""
+    if has_checkpoint(run_dir):
+        return f"finished rounds are in {run_dir} (continue: --resume {run_dir})"
+    shutil.rmtree(run_dir, ignore_errors=True)  # nothing to keep and nothing to resume
+    return f"no round finished, so there is nothing to resume ({run_dir} removed)"
 
 
 def main(argv: list[str] | None = None) -> int:
     """The command line; returns the exit code (2: bad input, 3: run stopped, 130: interrupted)."""
     signal.signal(signal.SIGINT, signal.default_int_handler)
+    # `kill -USR1 <pid>` prints where every thread is: the way to see what a stuck run waits on.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     # A log handler that cannot write (a full disk) must not print a traceback per message:
     # the run's own error says what happened, once.
     logging.raiseExceptions = False
@@ -178,8 +229,9 @@ def _run(
 ) -> int:
     """Run the experiment in ``run_dir``; every way out is one line and an exit code."""
     # A closing terminal or a dropped ssh session (SIGHUP) stops the run like SIGTERM does.
-    signal.signal(signal.SIGTERM, _stop_on_sigterm)
-    signal.signal(signal.SIGHUP, _stop_on_sigterm)
+    interruption = _Interruption(run_dir)
+    for stop in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(stop, interruption)
     start = time.perf_counter()
     try:
         result = run_federation(
@@ -191,18 +243,7 @@ def _run(
             plan=plan,
         )
     except KeyboardInterrupt:
-        if has_checkpoint(run_dir):
-            print(
-                f"interrupted; finished rounds are in {run_dir} (continue: --resume {run_dir})",
-                file=sys.stderr,
-            )
-        else:  # nothing to keep and nothing to resume
-            shutil.rmtree(run_dir, ignore_errors=True)
-            print(
-                f"interrupted before the first round finished; nothing to resume ({run_dir} "
-                "removed)",
-                file=sys.stderr,
-            )
+        print(f"interrupted; {_left_behind(run_dir)}", file=sys.stderr)
         return 130
     except RunStoppedError as err:
         then = (

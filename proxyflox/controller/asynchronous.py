@@ -74,6 +74,8 @@ class _AsyncRun:
                 self.in_flight, timeout=timeout, return_when=concurrent.futures.FIRST_COMPLETED
             )
             for future in done:
+                if self._budget_spent():
+                    break  # several arrived together: the rest are over budget, dropped below
                 self._receive(future)
             yield from self._finished_evaluations(block=False)
         for future in self.in_flight:
