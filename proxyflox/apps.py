@@ -9,14 +9,19 @@ from __future__ import annotations
 
 import functools
 import os
+import shutil
 import socket
 import time
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from proxyflox.checkpoints import read_checkpoint, write_checkpoint
+from proxyflox.codecs import CodecSpec, UpdateEncoder, decode_weights
+from proxyflox.codecs import tally as codec_tally
+from proxyflox.codecs.feedback import Residuals, residual_of, with_residual
 from proxyflox.data import TEST, TRAIN, ArrayDataset, DatasetInfo, dataset_info, load_folder
 from proxyflox.data import load_split as load_dataset_split
 from proxyflox.data.partition import partition
@@ -37,7 +42,7 @@ from proxyflox.messages import (
 )
 from proxyflox.models import build_model
 from proxyflox.models.weights import load_weights, save_weights, weights_of
-from proxyflox.seeds import INIT_STREAM, PARTITION_STREAM, SHUFFLE_STREAM, derive_seed
+from proxyflox.seeds import CODEC_STREAM, INIT_STREAM, PARTITION_STREAM, SHUFFLE_STREAM, derive_seed
 from proxyflox.stores import enter_site, open_app_store, put_weights, resolve_weights, store_of
 from proxyflox.strategies import Update
 from proxyflox.training import evaluate, train_local
@@ -170,15 +175,17 @@ def train_site(
     round_number: int,
     global_model: GlobalModel,
     instructions: Instructions,
+    accepted_round: int | None = None,
 ) -> TrainResult:
-    """Site: resolve the global model, train on the site's own data, put the update."""
+    """Site: resolve the global model, train on the site's own data, put the (encoded) update."""
     enter_site(setup.proxystore_home)
     torch.set_num_threads(setup.torch_threads)
     data = site_data(setup.data, site, info=global_model.dataset)
     received, resolve_seconds = resolve_weights(global_model.weights)
     model = new_model(setup.model, global_model.dataset)
     load_weights(model, received)
-    delta = instructions.update_kind == "delta"
+    codec = setup.compression
+    delta = instructions.update_kind == "delta" or codec is not None  # codecs encode changes
     if not delta:
         del received
     start = time.perf_counter()
@@ -198,7 +205,20 @@ def train_site(
     if delta:
         update = {name: array - received[name] for name, array in update.items()}
         del received
-    ref, put_seconds = put_weights(update, store_of(global_model.weights))
+    residuals = None
+    if codec is not None and codec.feeds_back and setup.state_dir is not None:
+        residuals = Residuals(setup.state_dir, instructions.run_key, site)
+        update = with_residual(update, residuals.load(accepted_round))
+    store = store_of(global_model.weights)
+    encoder = UpdateEncoder(
+        codec or CodecSpec(), seed=derive_seed(setup.data.seed, CODEC_STREAM, round_number, site)
+    )
+    raw_bytes = weights_nbytes(update)
+    with codec_tally() as sent:
+        ref, put_seconds = put_weights(update, store, encoder)
+    if residuals is not None:  # what was not sent waits for the next round
+        residuals.save(round_number, residual_of(update, decode_weights(encoder.encoded)))
+        residuals.prune(accepted_round)
     del update
     return TrainResult(
         site=site,
@@ -216,7 +236,21 @@ def train_site(
         pid=os.getpid(),
         netns=_network_namespace(),
         batch_job=os.environ.get("SLURM_JOB_ID") or os.environ.get("PBS_JOBID", ""),
+        change=delta,
+        sent_bytes=sent.encoded_bytes if store is not None else raw_bytes,  # direct: the arrays
+        raw_bytes=raw_bytes,
+        encode_seconds=sent.encode_seconds,
     )
+
+
+def forget_site_state(setup: SiteSetup, run_key: str) -> int:
+    """Site executor: remove what its sites kept for this run (a finished run needs none)."""
+    if setup.state_dir is None:
+        return 0
+    directory = Path(setup.state_dir).expanduser() / run_key
+    removed = sum(1 for entry in directory.rglob("*") if entry.is_file())
+    shutil.rmtree(directory, ignore_errors=True)
+    return removed
 
 
 def _network_namespace() -> str:
@@ -239,25 +273,44 @@ def aggregate_updates(task: AggregateTask) -> AggregateResult:
         resolve_seconds += seconds
         return value
 
-    def updates() -> Iterator[Update]:
-        for update in task.updates:
-            yield Update(fetch(update.update), update.num_samples, update.staleness)
-
     strategy = task.strategy
-    current = fetch(task.global_weights) if strategy.uses_global_model else {}
-    previous_state = fetch(task.state) if task.state is not None else strategy.initial_state()
-    start = time.perf_counter()
-    total = sum(update.num_samples for update in task.updates)
-    new_global, new_state = strategy.aggregate_train(current, updates(), total, previous_state)
-    aggregate_seconds = time.perf_counter() - start - resolve_seconds
+    # A site's change becomes its model again where the strategy averages models.
+    rebuild = strategy.update_kind == "weights"
+    needs_global = strategy.uses_global_model or any(u.change and rebuild for u in task.updates)
+
+    def updates(current: Weights) -> Iterator[Update]:
+        for update in task.updates:
+            weights = fetch(update.update)
+            if update.change and rebuild:
+                base = current if update.base is None else fetch(update.base)
+                for name, array in weights.items():
+                    array += base[name]  # in place: one update's arrays at a time
+                del base
+            yield Update(weights, update.num_samples, update.staleness)
+
+    with codec_tally() as decoded:
+        current = fetch(task.global_weights) if needs_global else {}
+        previous_state = fetch(task.state) if task.state is not None else strategy.initial_state()
+        start = time.perf_counter()
+        total = sum(update.num_samples for update in task.updates)
+        new_global, new_state = strategy.aggregate_train(
+            current, updates(current), total, previous_state
+        )
+        aggregate_seconds = time.perf_counter() - start - resolve_seconds
     del current, previous_state
+    if task.broadcast == "fp16":  # the global model is what the sites receive, exactly
+        new_global = decode_weights(UpdateEncoder(CodecSpec(codec="fp16"))(new_global))
     if task.save_path is not None:
         save_weights(new_global, task.save_path)
     checkpoint_start = time.perf_counter()
     if task.checkpoint_dir is not None:
         write_checkpoint(task.checkpoint_dir, new_global, new_state)
     checkpoint_seconds = time.perf_counter() - checkpoint_start
-    ref, put_seconds = put_weights(new_global, store)
+    ref, put_seconds = put_weights(
+        new_global,
+        store,
+        UpdateEncoder(CodecSpec(codec="fp16")) if task.broadcast == "fp16" else None,
+    )
     state_ref = None
     if new_state:
         state_ref, state_put_seconds = put_weights(new_state, store)
@@ -270,6 +323,7 @@ def aggregate_updates(task: AggregateTask) -> AggregateResult:
         resolve_seconds=resolve_seconds,
         put_seconds=put_seconds,
         checkpoint_seconds=checkpoint_seconds,
+        decode_seconds=decoded.decode_seconds,
     )
 
 

@@ -200,3 +200,14 @@ def truncate_round_logs(run_dir: Path, round_number: int) -> None:
             writer.writeheader()
             writer.writerows(rows)
         os.replace(staging, path)
+
+
+def accepted_rounds(run_dir: Path) -> dict[int, int]:
+    """Each site's last round whose update was aggregated, from ``sites.csv`` (for a resume)."""
+    path = run_dir / "sites.csv"
+    accepted: dict[int, int] = {}
+    if path.exists():
+        with open(path, newline="") as file:
+            for row in csv.DictReader(file):
+                accepted[int(row["site"])] = int(row["round"])
+    return accepted

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from proxystore.store.config import StoreConfig
 
+    from proxyflox.codecs import CodecSpec
     from proxyflox.data.base import DatasetInfo
     from proxyflox.strategies import Strategy
 
@@ -70,6 +71,10 @@ class SiteSetup:
     device: str
     #: ProxyStore home of this executor's endpoint (``store.backend: endpoint``).
     proxystore_home: str | None = None
+    #: How the sites of this executor encode their updates (``None``: ProxyStore's serializer).
+    compression: CodecSpec | None = None
+    #: Where they keep their state between rounds (error-feedback residuals).
+    state_dir: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +85,8 @@ class Instructions:
     proximal_mu: float = 0.0
     #: ``weights``: return the trained model; ``delta``: trained minus received.
     update_kind: str = "weights"
+    #: Names the run where sites keep state of their own (its directory's name).
+    run_key: str = ""
 
 
 @dataclass(frozen=True, eq=False, slots=True)
@@ -121,6 +128,13 @@ class TrainResult:
     #: Network namespace (``net:[4026531840]``): tells apart sites that share a host name.
     netns: str
     batch_job: str
+    #: The update is the trained model's change from the global model the site received
+    #: (what a codec compresses), whatever the strategy asked for.
+    change: bool = False
+    #: Bytes put into the store (as encoded) and the arrays' own bytes.
+    sent_bytes: int = 0
+    raw_bytes: int = 0
+    encode_seconds: float = 0.0
 
     def refs(self) -> Iterator[WeightsRef]:
         """The stored objects this record refers to."""
@@ -135,6 +149,10 @@ class UpdateRef:
     num_samples: int
     #: Global versions published since the site's model was sent out (asynchronous runs).
     staleness: int = 0
+    #: The update is a change from the global model the site trained from.
+    change: bool = False
+    #: That model, where it is not the task's global model (a stale asynchronous update).
+    base: WeightsRef | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,6 +180,8 @@ class AggregateTask:
     save_path: str | None = None
     #: Also write the new model and the strategy state there (the round's checkpoint).
     checkpoint_dir: str | None = None
+    #: How the new global model is put: ``exact`` or ``fp16``.
+    broadcast: str = "exact"
 
 
 @dataclass(frozen=True, eq=False, slots=True)
@@ -175,6 +195,8 @@ class AggregateResult:
     resolve_seconds: float
     put_seconds: float
     checkpoint_seconds: float
+    #: Decoding the updates (inside ``resolve_seconds``).
+    decode_seconds: float = 0.0
 
     def refs(self) -> Iterator[WeightsRef]:
         """The stored objects this record refers to."""

@@ -30,10 +30,15 @@ ROUND_COLUMNS = [
     "evaluate_seconds",
     "model_bytes",
     "train_loss",  # sample-weighted mean of the sites' last-epoch training loss
+    "sent_bytes",  # the round's updates as the sites put them (encoded), summed
+    "raw_bytes",  # the same updates' arrays before encoding, summed
+    "encode_seconds_max",  # sites encoding their update (inside put_seconds)
+    "decode_seconds",  # aggregator decoding the updates (inside aggregate_resolve_seconds)
 ]
 SITE_COLUMNS = [
     "round", "site", "executor", "host", "pid", "netns", "batch_job", "device", "num_samples",
     "local_epochs", "batch_size", "train_loss", "resolve_seconds", "train_seconds", "put_seconds",
+    "sent_bytes", "raw_bytes", "encode_seconds",
 ]  # fmt: skip
 
 
@@ -121,12 +126,13 @@ ASYNC_ROUND_COLUMNS = [
     "updates_total",  # updates received so far
     "seconds",  # controller clock since the initial model was ready
     "accuracy", "loss", "aggregate_seconds", "aggregate_resolve_seconds", "evaluate_seconds",
-    "model_bytes",
+    "model_bytes", "sent_bytes", "raw_bytes", "encode_seconds_max", "decode_seconds",
 ]  # fmt: skip
 #: ``updates.csv`` of an asynchronous run: every update as it arrived.
 UPDATE_COLUMNS = [
     "update", "site", "executor", "version_started", "staleness", "seconds", "num_samples",
     "train_loss", "resolve_seconds", "train_seconds", "put_seconds", "host", "pid",
+    "sent_bytes", "raw_bytes", "encode_seconds",
 ]  # fmt: skip
 
 #: Above this many sites, per-site numbers are in ``sites.csv`` only (not one column each).

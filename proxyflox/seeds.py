@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 #: Stream ids, so that each use of the seed draws independent numbers.
-PARTITION_STREAM, INIT_STREAM, SHUFFLE_STREAM, SAMPLING_STREAM = 1, 2, 3, 4
+PARTITION_STREAM, INIT_STREAM, SHUFFLE_STREAM, SAMPLING_STREAM, CODEC_STREAM = 1, 2, 3, 4, 5
 
 
 def derive_seed(seed: int, *parts: int) -> int:

@@ -17,6 +17,7 @@ from typing import Annotated, Any
 import yaml
 from pydantic import AfterValidator, BaseModel, Field, model_validator
 
+from proxyflox.codecs.settings import CodecSettings, CompressionSettings
 from proxyflox.data import DATASETS
 from proxyflox.data.partition import PARTITIONS
 from proxyflox.errors import ConfigError, did_you_mean, short_repr, unknown_choice
@@ -70,6 +71,10 @@ class SiteOptions(Settings):
     #: ProxyStore home of this site's endpoint (``store.backend: endpoint``); default: the
     #: site's own default home, where ``proxystore-endpoint configure`` puts endpoints.
     proxystore_home: Maybe[Str] = None
+    #: This site's codec, key by key over the experiment's ``compression``.
+    compression: Maybe[CodecSettings] = None
+    #: Where this site keeps its own state between rounds (error-feedback residuals).
+    state_dir: Maybe[Str] = None
 
 
 class ExperimentConfig(Settings):
@@ -131,6 +136,11 @@ class ExperimentConfig(Settings):
     #: Asynchronous strategies stop after this many updates or seconds (at least one is needed).
     max_updates: Maybe[Count] = None
     max_seconds: Maybe[Positive] = None
+    #: How sites encode their updates and the aggregator the global model (see the README).
+    compression: CompressionSettings = CompressionSettings()
+    #: Where each site keeps its own state between rounds (error-feedback residuals), on the
+    #: site's machine; ``~`` is the site's home. Per site: ``site_options.LABEL.state_dir``.
+    site_state_dir: Str = "~/.proxyflox/site-state"
     #: Executor label -> :class:`SiteOptions`; overrides what the Parsl config module sets.
     site_options: dict[Str, SiteOptions] = Field(default_factory=dict)
 
@@ -143,6 +153,13 @@ class ExperimentConfig(Settings):
             raise unknown_choice("strategy.name", self.strategy.name, STRATEGIES)
         if self.clients_per_round is not None and self.fraction is not None:
             raise ConfigError("clients_per_round and fraction: set at most one of the two")
+        compressed = self.compression.codec != "none" or self.compression.lossless != "none"
+        compressed |= self.compression.broadcast != "exact"
+        compressed |= any(site.compression is not None for site in self.site_options.values())
+        if compressed and self.transfer != "proxy":
+            raise ConfigError(
+                "compression: codecs work in the store path; they need transfer: proxy"
+            )
         budget = self.max_updates is not None or self.max_seconds is not None
         if STRATEGIES[self.strategy.name].asynchronous and not budget:
             raise ConfigError(
@@ -201,7 +218,27 @@ def merge_site_options(base: SiteOptions | Mapping[str, Any], override: SiteOpti
 
     ``base`` is options, or a store backend's plain ``{"proxystore_home": ...}``.
     """
-    return SiteOptions.model_validate({**dict(base), **override.model_dump(exclude_none=True)})
+    merged = {**dict(base), **override.model_dump(exclude_none=True)}
+    below = dict(base).get("compression")
+    if below is not None and override.compression is not None:  # key by key
+        merged["compression"] = {
+            **_given(below),
+            **override.compression.model_dump(exclude_unset=True),
+        }
+    return SiteOptions.model_validate(merged)
+
+
+def site_codec(experiment: CompressionSettings, site: CodecSettings | None) -> CodecSettings:
+    """A site's codec: its own ``compression`` keys over the experiment's."""
+    common = experiment.model_dump(exclude={"broadcast"})
+    return CodecSettings.model_validate({**common, **(_given(site) if site else {})})
+
+
+def _given(settings: Settings | Mapping[str, Any]) -> dict[str, Any]:
+    """The keys that were set (not defaulted)."""
+    if isinstance(settings, Settings):
+        return settings.model_dump(exclude_unset=True)
+    return dict(settings)
 
 
 def site_options_from(data: Mapping[str, Any], key: str) -> dict[str, SiteOptions]:
@@ -262,7 +299,7 @@ def overrides_from_args(args: argparse.Namespace, extra: Sequence[str] = ()) -> 
                 f"{name}: not a setting; a password is never given on the command line or in "
                 "a file: the Redis password is read from PROXYFLOX_REDIS_PASSWORD"
             )
-        if not name.startswith("--site_options.") or name.count(".") != 2:
+        if not name.startswith("--site_options.") or name.count(".") not in (2, 3):
             known = ["--" + n for n in option_names()]
             raise ConfigError(f"unknown option {short_repr(token)}{did_you_mean(name, known)}")
         if not has_value:

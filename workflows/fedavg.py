@@ -138,7 +138,8 @@ def main(argv: list[str] | None = None) -> int:
     """The command line; returns the exit code (2: bad input, 3: run stopped, 130: interrupted)."""
     signal.signal(signal.SIGINT, signal.default_int_handler)
     # `kill -USR1 <pid>` prints where every thread is: the way to see what a stuck run waits on.
-    faulthandler.register(signal.SIGUSR1, all_threads=True)
+    with contextlib.suppress(ValueError, OSError):  # a stderr without a file (embedded use)
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
     # A log handler that cannot write (a full disk) must not print a traceback per message:
     # the run's own error says what happened, once.
     logging.raiseExceptions = False

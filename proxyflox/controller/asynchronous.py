@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from proxyflox.controller.context import RunContext
+from proxyflox.controller.records import traffic
 from proxyflox.errors import RunStoppedError
 from proxyflox.messages import Evaluation, GlobalModel, Instructions, TrainResult
 from proxyflox.strategies import Strategy
@@ -48,12 +49,15 @@ class _AsyncRun:
         self.config = run.config
         self.strategy = strategy
         self.instructions = Instructions(
-            **strategy.train_instructions(), update_kind=strategy.update_kind
+            **strategy.train_instructions(),
+            update_kind=strategy.update_kind,
+            run_key=run.run_dir.name,
         )
         self.version = 0
         self.newest: GlobalModel | None = None
         self.in_flight: dict[Future[TrainResult], _Work] = {}
-        self.buffer: list[tuple[TrainResult, int]] = []  # (update, staleness)
+        #: (update, staleness, the model a stale change is from, held until aggregated)
+        self.buffer: list[tuple[TrainResult, int, GlobalModel | None]] = []
         self.evaluations: list[tuple[dict[str, Any], GlobalModel, Future[Evaluation]]] = []
         self.received = 0
         self.tasks_per_site: Counter[int] = Counter()
@@ -81,9 +85,12 @@ class _AsyncRun:
         for future in self.in_flight:
             ledger.drop(future)  # over budget: dropped, evicted when they arrive
         self.in_flight.clear()
-        ledger.release(*(update for update, _ in self.buffer))  # a partly filled buffer too
+        for update, _, base in self.buffer:  # a partly filled buffer too
+            ledger.release(update, *([base] if base is not None else []))
         self.buffer = []
         yield from self._finished_evaluations(block=True)
+        if any(setup.state_dir is not None for setup in run.plan.setups.values()):
+            concurrent.futures.wait(run.runtime.forget_site_state(self.instructions.run_key))
         if self.received < self.config.min_clients:
             raise RunStoppedError(
                 f"only {self.received} updates arrived, fewer than "
@@ -99,8 +106,14 @@ class _AsyncRun:
     def _give_work(self, site: int) -> None:
         assert self.newest is not None
         self.tasks_per_site[site] += 1
+        feeds_back = self.run_.plan.setup_of(site).state_dir is not None
+        accepted = self.tasks_per_site[site] - 1 or None  # every update that arrives is used
         future = self.run_.runtime.train(
-            site, self.tasks_per_site[site], self.newest, self.instructions
+            site,
+            self.tasks_per_site[site],
+            self.newest,
+            self.instructions,
+            accepted if feeds_back else None,
         )
         self.in_flight[self.run_.ledger.expect(future, uses=[self.newest])] = _Work(
             site, self.version, self.newest
@@ -109,9 +122,22 @@ class _AsyncRun:
     def _receive(self, future: Future[TrainResult]) -> None:
         run = self.run_
         work = self.in_flight.pop(future)
-        update = run.ledger.claim(future)  # a failing site raises here
-        self.received += 1
         staleness = self.version - work.version
+        # A stale change is rebuilt into the site's model from the version it started from:
+        # held before the claim, which lets go of what the app used.
+        base = work.model if staleness > 0 and self.strategy.update_kind == "weights" else None
+        if base is not None:
+            run.ledger.hold(base)
+        try:
+            update = run.ledger.claim(future)  # a failing site raises here
+        except BaseException:
+            if base is not None:
+                run.ledger.release(base)
+            raise
+        if base is not None and not update.change:
+            run.ledger.release(base)
+            base = None
+        self.received += 1
         run.records.write_update(
             {
                 "update": self.received,
@@ -123,7 +149,7 @@ class _AsyncRun:
             update,
         )
         run.observer.trained(self.version + 1, update)
-        self.buffer.append((update, staleness))
+        self.buffer.append((update, staleness, base))
         if len(self.buffer) >= self.strategy.updates_per_aggregation:
             self._aggregate()
         if not self._budget_spent():
@@ -132,8 +158,9 @@ class _AsyncRun:
     def _aggregate(self) -> None:
         run, ledger = self.run_, self.run_.ledger
         assert self.newest is not None
-        updates = [update for update, _ in self.buffer]
-        staleness = [s for _, s in self.buffer]
+        updates = [update for update, _, _ in self.buffer]
+        staleness = [s for _, s, _ in self.buffer]
+        bases = [base for _, _, base in self.buffer]
         aggregate = ledger.claim(
             ledger.expect(
                 run.runtime.aggregate(
@@ -141,13 +168,14 @@ class _AsyncRun:
                     self.newest,
                     updates,
                     staleness=staleness,
+                    bases=bases,
                     save_path=run.run_dir / "model.pt",
                 )
             )
         )
         # The previous version and the buffered updates: the controller is done with them
         # (apps still training from that version keep it until they return).
-        ledger.release(self.newest, *updates)
+        ledger.release(self.newest, *updates, *(base for base in bases if base is not None))
         self.buffer = []
         self.version += 1
         self.newest = aggregate.model
@@ -162,7 +190,7 @@ class _AsyncRun:
             "aggregate_seconds": aggregate.aggregate_seconds,
             "aggregate_resolve_seconds": aggregate.resolve_seconds,
             "model_bytes": aggregate.model_bytes,
-        }
+        } | traffic(updates, aggregate)
         evaluation = ledger.expect(run.runtime.evaluate(self.newest), uses=[self.newest])
         self.evaluations.append((row, self.newest, evaluation))
 

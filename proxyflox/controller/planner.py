@@ -15,7 +15,7 @@ from proxyflox.errors import ConfigError
 from proxyflox.messages import DataSpec, ModelSpec, SiteSetup
 from proxyflox.preflight import check_data_settings
 from proxyflox.seeds import SAMPLING_STREAM, derive_seed
-from proxyflox.settings import ExperimentConfig, SiteOptions, merge_site_options
+from proxyflox.settings import ExperimentConfig, SiteOptions, merge_site_options, site_codec
 from proxyflox.sites import Deployment, site_executor_labels
 from proxyflox.stores import BACKENDS
 from proxyflox.strategies import Strategy
@@ -103,6 +103,7 @@ def executor_options(config: ExperimentConfig, deployment: Deployment) -> dict[s
 
 def site_setup(config: ExperimentConfig, options: SiteOptions, num_sites: int) -> SiteSetup:
     """What one executor's apps need, its own options over the experiment's."""
+    spec = site_codec(config.compression, options.compression).spec()
     return SiteSetup(
         data=data_spec(config, num_sites, options.data_dir),
         model=model_spec(config),
@@ -113,6 +114,8 @@ def site_setup(config: ExperimentConfig, options: SiteOptions, num_sites: int) -
         torch_threads=options.torch_threads or config.torch_threads,
         device=options.device or "cpu",
         proxystore_home=options.proxystore_home,
+        compression=None if spec.exact else spec,
+        state_dir=(options.state_dir or config.site_state_dir) if spec.feeds_back else None,
     )
 
 

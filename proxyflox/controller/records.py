@@ -143,7 +143,7 @@ def round_row(
         "evaluate_seconds": evaluation.evaluate_seconds,
         "model_bytes": aggregate.model_bytes,
         "train_loss": sum(u.train_loss * u.num_samples for u in updates) / samples,
-    }
+    } | traffic(updates, aggregate)
     for update in updates:
         row[f"site{update.site}_train_seconds"] = update.train_seconds
         row[f"site{update.site}_resolve_seconds"] = update.resolve_seconds
@@ -151,6 +151,16 @@ def round_row(
         row[f"site{local.site}_accuracy"] = local.accuracy
         row[f"site{local.site}_loss"] = local.loss
     return row
+
+
+def traffic(updates: Sequence[TrainResult], aggregate: AggregateResult) -> dict[str, Any]:
+    """What the updates of one aggregation cost on the wire: bytes, encode and decode time."""
+    return {
+        "sent_bytes": sum(update.sent_bytes for update in updates),
+        "raw_bytes": sum(update.raw_bytes for update in updates),
+        "encode_seconds_max": max(update.encode_seconds for update in updates),
+        "decode_seconds": aggregate.decode_seconds,
+    }
 
 
 def summarize_failures(failed: Mapping[int, str]) -> str:

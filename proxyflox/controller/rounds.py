@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
-from proxyflox.checkpoints import ResumePoint, checkpoint_dir, mark_complete
+from proxyflox.checkpoints import ResumePoint, accepted_rounds, checkpoint_dir, mark_complete
 from proxyflox.controller.context import RunContext
 from proxyflox.controller.records import failure_reason, round_row, summarize_failures
 from proxyflox.errors import RunStoppedError
@@ -34,8 +34,13 @@ def run_rounds(
 ) -> Iterator[dict[str, object]]:
     """Run the rounds; yield each round's ``rounds.csv`` row as it is written."""
     config, ledger, runtime = run.config, run.ledger, run.runtime
-    instructions = Instructions(**strategy.train_instructions(), update_kind=strategy.update_kind)
+    instructions = Instructions(
+        **strategy.train_instructions(), update_kind=strategy.update_kind, run_key=run.run_dir.name
+    )
     first_round = resume.round_number + 1 if resume else 1
+    # Each site's last aggregated round: its error-feedback residual continues from there.
+    accepted = accepted_rounds(run.run_dir) if resume else {}
+    feeds_back = any(setup.state_dir is not None for setup in run.plan.setups.values())
     global_model = ledger.claim(ledger.expect(runtime.init(resume.checkpoint if resume else None)))
     run.observer.run_started(run.seconds())
     for round_number in range(first_round, config.rounds + 1):
@@ -44,7 +49,14 @@ def run_rounds(
         run.observer.round_started(round_number, sites)
         trains = {
             site: ledger.expect(
-                runtime.train(site, round_number, global_model, instructions), uses=[global_model]
+                runtime.train(
+                    site,
+                    round_number,
+                    global_model,
+                    instructions,
+                    accepted.get(site) if feeds_back else None,
+                ),
+                uses=[global_model],
             )
             for site in sites
         }
@@ -82,6 +94,7 @@ def run_rounds(
         # The old global model (with its strategy state) and the updates: nobody needs them now.
         ledger.release(global_model, *arrived.updates)
         global_model = aggregate.model
+        accepted.update((update.site, round_number) for update in arrived.updates)
 
         row = round_row(
             round_number,
@@ -100,6 +113,8 @@ def run_rounds(
         mark_complete(run.run_dir, round_number)
         run.observer.round_finished(round_number, row)
         yield row
+    if feeds_back:  # done: no resume will read the sites' residuals
+        concurrent.futures.wait(runtime.forget_site_state(instructions.run_key))
 
 
 @dataclass

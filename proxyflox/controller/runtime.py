@@ -59,6 +59,7 @@ class AppBodies:
     aggregate: Callable[..., Any] = apps.aggregate_updates
     evaluate: Callable[..., Any] = apps.evaluate_global
     evaluate_site: Callable[..., Any] = apps.evaluate_site
+    forget_site_state: Callable[..., Any] = apps.forget_site_state
     #: Warms each executor's worker at the start (``None``: no priming).
     prime: Callable[..., Any] | None = apps.prime_worker
 
@@ -73,6 +74,7 @@ class ParslRuntime:
         store_config: The run's store (``None``: weights travel through Parsl).
         retries: Parsl's retries of a failed app.
         bodies: The app bodies.
+        broadcast: How the aggregator puts each global model (``exact`` or ``fp16``).
     """
 
     def __init__(
@@ -83,9 +85,11 @@ class ParslRuntime:
         store_config: StoreConfig | None,
         retries: int,
         bodies: AppBodies | None = None,
+        broadcast: str = "exact",
     ) -> None:
         self.plan = plan
         self.store_config = store_config
+        self.broadcast = broadcast
         self.config = copy.copy(parsl_config)
         self.config.run_dir = str(run_dir / "parsl")
         self.config.retries = retries
@@ -96,6 +100,10 @@ class ParslRuntime:
         self._evaluate = python_app(bodies.evaluate, executors=on_aggregator)
         self._train = {
             label: python_app(bodies.train, executors=[label]) for label in plan.site_labels
+        }
+        self._forget = {
+            label: python_app(bodies.forget_site_state, executors=[label])
+            for label in plan.site_labels
         }
         self._evaluate_site = {
             label: python_app(bodies.evaluate_site, executors=[label]) for label in plan.site_labels
@@ -175,13 +183,20 @@ class ParslRuntime:
         round_number: int,
         global_model: GlobalModel | Future[Any],
         instructions: Instructions,
+        accepted_round: int | None = None,
     ) -> Future[TrainResult]:
-        """One site's local training from ``global_model``, on the site's executor."""
+        """One site's local training from ``global_model``, on the site's executor.
+
+        ``accepted_round``: the last round whose update from this site was aggregated (where
+        its error-feedback residual continues from).
+        """
         label = self.plan.placement[site]
+        setup = self.plan.setups[label]
+        train = self._train[label]
+        if accepted_round is None:  # what a task without compression state carries
+            return self._submit(train(setup, site, round_number, global_model, instructions))
         return self._submit(
-            self._train[label](
-                self.plan.setups[label], site, round_number, global_model, instructions
-            )
+            train(setup, site, round_number, global_model, instructions, accepted_round)
         )
 
     def aggregate(
@@ -191,26 +206,39 @@ class ParslRuntime:
         updates: Sequence[TrainResult],
         *,
         staleness: Sequence[int] = (),
+        bases: Sequence[GlobalModel | None] = (),
         save_path: Path | None = None,
         checkpoint_dir: Path | None = None,
     ) -> Future[AggregateResult]:
         """The next global model, on the aggregator.
 
         The task carries each update's key and sample count, and the store config once.
+        ``bases``: per update, the global model its change is from where that is not
+        ``global_model`` (stale asynchronous updates).
         """
+        bases = bases or [None] * len(updates)
         task = AggregateTask(
             strategy=strategy,
             global_weights=key_of(global_model.weights),
             dataset=global_model.dataset,
             state=key_of(global_model.state) if global_model.state is not None else None,
             updates=tuple(
-                UpdateRef(key_of(update.update), update.num_samples, stale)
-                for update, stale in zip(updates, staleness or [0] * len(updates), strict=True)
+                UpdateRef(
+                    key_of(update.update),
+                    update.num_samples,
+                    stale,
+                    update.change,
+                    key_of(base.weights) if base is not None else None,
+                )
+                for update, stale, base in zip(
+                    updates, staleness or [0] * len(updates), bases, strict=True
+                )
             ),
             store_config=self.store_config,
             proxystore_home=self.plan.setups[self.plan.aggregator].proxystore_home,
             save_path=str(save_path) if save_path else None,
             checkpoint_dir=str(checkpoint_dir) if checkpoint_dir else None,
+            broadcast=self.broadcast,
         )
         return self._submit(self._aggregate(task))
 
@@ -223,4 +251,12 @@ class ParslRuntime:
         return [
             self._submit(self._evaluate_site[label](self.plan.setups[label], site, global_model))
             for site, label in enumerate(self.plan.placement)
+        ]
+
+    def forget_site_state(self, run_key: str) -> list[Future[int]]:
+        """Every site executor removes the state its sites kept for the run (residuals)."""
+        return [
+            self._submit(self._forget[label](self.plan.setups[label], run_key))
+            for label in self.plan.site_labels
+            if self.plan.setups[label].state_dir is not None
         ]

@@ -22,6 +22,7 @@ from proxystore.store.exceptions import ProxyResolveMissingKeyError
 from proxystore.store.factory import StoreFactory
 from proxystore.store.utils import get_key
 
+from proxyflox.codecs import UpdateEncoder, decode_weights
 from proxyflox.errors import StoreUnreachableError
 from proxyflox.stores.access_log import AccessLogConnector
 from proxyflox.stores.backend import StoreBackend
@@ -100,12 +101,21 @@ def store_of(ref: WeightsRef) -> Store[Any] | None:
     return factory.get_store()
 
 
-def put_weights(weights: Weights, store: Store[Any] | None) -> tuple[WeightsRef, float]:
-    """Put weights into the store (in the calling app's process); return the ref and seconds."""
+def put_weights(
+    weights: Weights, store: Store[Any] | None, encoder: UpdateEncoder | None = None
+) -> tuple[WeightsRef, float]:
+    """Put weights into the store (in the calling app's process); return the ref and seconds.
+
+    ``encoder`` serializes them (a codec); its deserializer travels in the proxy, so whoever
+    resolves it decodes without being told how. Without one: ProxyStore's own serializer.
+    """
     if store is None:
         return weights, 0.0
     start = time.perf_counter()
-    proxy = store.proxy(weights)
+    if encoder is None:
+        proxy = store.proxy(weights)
+    else:
+        proxy = store.proxy(weights, serializer=encoder, deserializer=decode_weights)
     return proxy, time.perf_counter() - start
 
 
@@ -114,7 +124,7 @@ def resolve_weights(ref: WeightsRef, store: Store[Any] | None = None) -> tuple[W
 
     A proxy is read through its factory instead of being resolved in place: a resolved proxy
     would keep its copy of the weights alive for as long as the proxy lives. A bare key (what
-    the aggregator gets) is read from ``store``.
+    the aggregator gets) is read from ``store``; its bytes say how they were encoded.
     """
     start = time.perf_counter()
     if isinstance(ref, Proxy):  # first: a proxy of a dict passes isinstance(proxy, dict)
@@ -124,7 +134,7 @@ def resolve_weights(ref: WeightsRef, store: Store[Any] | None = None) -> tuple[W
     else:
         if store is None:
             raise ValueError(f"a store key needs its store to be read: {ref!r}")
-        fetched = store.get(ref, default=_MISSING)
+        fetched = store.get(ref, deserializer=decode_weights, default=_MISSING)
         if fetched is _MISSING:
             raise ProxyResolveMissingKeyError(ref, type(store), store.name)
         weights = cast(Weights, fetched)
