@@ -131,6 +131,9 @@ class ExperimentConfig(Settings):
     #: Asynchronous strategies stop after this many updates or seconds (at least one is needed).
     max_updates: Maybe[Count] = None
     max_seconds: Maybe[Positive] = None
+    #: Record the run in Parsl's own monitoring database, ``monitoring.db`` in the run directory
+    #: (open it with ``parsl-visualize``).
+    monitoring: Bool = False
     #: Executor label -> :class:`SiteOptions`; overrides what the Parsl config module sets.
     site_options: dict[Str, SiteOptions] = Field(default_factory=dict)
 

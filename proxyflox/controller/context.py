@@ -93,6 +93,7 @@ def open_run(
             store.config if store is not None else None,
             config.retries,
             bodies,
+            monitoring=config.monitoring,
         )
     )
     return RunContext(config, plan, run_dir, runtime, ledger, records, observer, started)
