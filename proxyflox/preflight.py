@@ -9,8 +9,19 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from proxyflox.data import DATASETS
-from proxyflox.errors import ConfigError, short_repr
+from proxyflox.errors import ConfigError, require_extra, short_repr
 from proxyflox.settings import ExperimentConfig, SiteOptions
+
+
+def check_monitoring(config: ExperimentConfig) -> None:
+    """Check that Parsl's monitoring database can be written (``monitoring: true``).
+
+    Raises:
+        ConfigError: its packages (the ``monitoring`` extra) are not installed.
+    """
+    if config.monitoring:
+        with require_extra("sqlalchemy", "monitoring", "monitoring"):
+            import sqlalchemy  # noqa: F401  (what Parsl's database manager needs)
 
 
 def check_data_settings(

@@ -141,6 +141,9 @@ class ExperimentConfig(Settings):
     #: Where each site keeps its own state between rounds (error-feedback residuals), on the
     #: site's machine; ``~`` is the site's home. Per site: ``site_options.LABEL.state_dir``.
     site_state_dir: Str = "~/.proxyflox/site-state"
+    #: Record the run in Parsl's own monitoring database, ``monitoring.db`` in the run directory
+    #: (open it with ``parsl-visualize``).
+    monitoring: Bool = False
     #: Executor label -> :class:`SiteOptions`; overrides what the Parsl config module sets.
     site_options: dict[Str, SiteOptions] = Field(default_factory=dict)
 

@@ -7,7 +7,8 @@
 #
 # The tests start their own instances on loopback or in network namespaces they create:
 # redis-server for the Redis store, sshd inside namespaces standing for Raspberry Pis, and
-# slurmctld/slurmd/munged for a one-node Slurm cluster. Nothing is skipped when a program is
+# slurmctld/slurmd/munged for a one-node Slurm cluster, and headless chromium loads the page of
+# parsl-visualize over a run's monitoring database. Nothing is skipped when a program is
 # missing: this script installs it or stops `make test` with the command that would.
 set -euo pipefail
 
@@ -20,6 +21,7 @@ ip iproute2
 slurmctld slurm-wlm
 slurmd slurm-wlm
 munged munge
+chromium chromium
 "
 # Services that Debian's packages may start on install; the tests run their own.
 SERVICES="redis-server ssh slurmctld slurmd munge"

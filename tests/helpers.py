@@ -23,10 +23,15 @@ def bare_env() -> dict[str, str]:
     return env
 
 
+def cli_command(*args: str) -> list[str]:
+    """The command line ``python workflows/fedavg.py ARGS``, by this interpreter's path."""
+    return [sys.executable, str(CLI), *args]
+
+
 def run_cli(*args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess[str]:
     """``python workflows/fedavg.py ARGS`` as a user runs it, without an activated venv."""
     return subprocess.run(
-        [sys.executable, str(CLI), *args],
+        cli_command(*args),
         cwd=cwd,
         env=bare_env(),
         capture_output=True,

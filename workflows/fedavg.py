@@ -39,6 +39,7 @@ from proxyflox.checkpoints import (  # noqa: E402
     truncate_round_logs,
 )
 from proxyflox.controller import Plan, RunStoppedError, plan_run, run_federation  # noqa: E402
+from proxyflox.controller.status import LiveStatus  # noqa: E402
 from proxyflox.errors import ConfigError  # noqa: E402
 from proxyflox.inventory import INVENTORY_ENV  # noqa: E402
 from proxyflox.preflight import check_resume_checkpoint  # noqa: E402
@@ -234,15 +235,19 @@ def _run(
     for stop in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(stop, interruption)
     start = time.perf_counter()
+    # A terminal also sees the running round live; piped output stays one line per round.
+    status = LiveStatus(sys.stdout, experiment.rounds) if sys.stdout.isatty() else None
     try:
-        result = run_federation(
-            experiment,
-            deployment,
-            run_dir,
-            progress=lambda line: print(line, flush=True),
-            resume=resume,
-            plan=plan,
-        )
+        with status or contextlib.nullcontext():
+            result = run_federation(
+                experiment,
+                deployment,
+                run_dir,
+                progress=status.print_line if status else lambda line: print(line, flush=True),
+                resume=resume,
+                plan=plan,
+                observer=status,
+            )
     except KeyboardInterrupt:
         print(f"interrupted; {_left_behind(run_dir)}", file=sys.stderr)
         return 130

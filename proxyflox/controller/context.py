@@ -93,7 +93,8 @@ def open_run(
             store.config if store is not None else None,
             config.retries,
             bodies,
-            config.compression.broadcast,
+            broadcast=config.compression.broadcast,
+            monitoring=config.monitoring,
         )
     )
     return RunContext(config, plan, run_dir, runtime, ledger, records, observer, started)

@@ -22,6 +22,12 @@ class RunObserver:
     def round_started(self, round_number: int, sites: Sequence[int]) -> None:
         """The round's train apps are about to be submitted (asynchronous runs: never)."""
 
+    def site_returned(self, round_number: int, site: int) -> None:
+        """A site's train app returned in time, with an update or failed (asynchronous: never).
+
+        Called as each app returns, while the round waits for the others.
+        """
+
     def trained(self, round_number: int, result: TrainResult) -> None:
         """A site's update arrived in time.
 
@@ -54,6 +60,11 @@ class ObserverList(RunObserver):
         """Pass the event on to each observer."""
         for observer in self.observers:
             observer.round_started(round_number, sites)
+
+    def site_returned(self, round_number: int, site: int) -> None:
+        """Pass the event on to each observer."""
+        for observer in self.observers:
+            observer.site_returned(round_number, site)
 
     def trained(self, round_number: int, result: TrainResult) -> None:
         """Pass the event on to each observer."""

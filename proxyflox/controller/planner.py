@@ -13,7 +13,7 @@ import numpy as np
 
 from proxyflox.errors import ConfigError
 from proxyflox.messages import DataSpec, ModelSpec, SiteSetup
-from proxyflox.preflight import check_data_settings
+from proxyflox.preflight import check_data_settings, check_monitoring
 from proxyflox.seeds import SAMPLING_STREAM, derive_seed
 from proxyflox.settings import ExperimentConfig, SiteOptions, merge_site_options, site_codec
 from proxyflox.sites import Deployment, site_executor_labels
@@ -73,6 +73,7 @@ def plan_run(config: ExperimentConfig, deployment: Deployment) -> Plan:
         raise ConfigError(f"min_clients: {config.min_clients} is more than the {num_sites} sites")
     options = executor_options(config, deployment)
     check_data_settings(config, options, site_labels)
+    check_monitoring(config)
     return Plan(
         num_sites=num_sites,
         placement=tuple(site_labels[site % len(site_labels)] for site in range(num_sites)),

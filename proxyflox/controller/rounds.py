@@ -16,6 +16,7 @@ each round's objects once nobody needs them.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import time
 from collections.abc import Iterator
 from concurrent.futures import Future
@@ -60,7 +61,7 @@ def run_rounds(
             )
             for site in sites
         }
-        arrived = collect(run, trains, config.round_deadline)
+        arrived = collect(run, round_number, trains, config.round_deadline)
         if len(arrived.updates) < config.min_clients:
             failures = summarize_failures(arrived.failed)
             raise RunStoppedError(
@@ -129,10 +130,21 @@ class Arrivals:
 
 
 def collect(
-    run: RunContext, trains: dict[int, Future[TrainResult]], deadline: float | None
+    run: RunContext,
+    round_number: int,
+    trains: dict[int, Future[TrainResult]],
+    deadline: float | None,
 ) -> Arrivals:
-    """Wait for every train app, or until ``deadline`` seconds have passed."""
-    done, _ = concurrent.futures.wait(trains.values(), timeout=deadline)
+    """Wait for every train app, or until ``deadline`` seconds have passed.
+
+    The observer hears of each app as it returns (a live status counts them).
+    """
+    sites = {future: site for site, future in trains.items()}
+    done: set[Future[TrainResult]] = set()
+    with contextlib.suppress(concurrent.futures.TimeoutError):
+        for future in concurrent.futures.as_completed(sites, timeout=deadline):
+            done.add(future)
+            run.observer.site_returned(round_number, sites[future])
     arrivals = Arrivals()
     for site, future in trains.items():
         if future not in done:

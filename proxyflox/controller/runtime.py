@@ -9,6 +9,9 @@ and loads its data while the others do theirs). Nothing waits for it: a round's 
 behind its executor's priming, an executor without a sampled site holds nobody up, a failed
 priming only leaves the data to the app that needs it, and one still pending at the end is
 abandoned with its executor.
+
+With monitoring on, the copy also gets Parsl's ``MonitoringHub``, its database in the run
+directory (``MONITORING_DB``); a run without it loads the caller's config as it is.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import parsl
 from parsl import python_app
 from parsl.config import Config
 from parsl.dataflow.dflow import DataFlowKernel
+from parsl.monitoring import MonitoringHub
 from proxystore.store.config import StoreConfig
 
 from proxyflox import apps
@@ -48,6 +52,20 @@ from proxyflox.strategies import Strategy
 #: How long the end of a run waits for apps still running (late sites) so that what they put
 #: can be evicted; what they put after that is left to the store directory's removal.
 LATE_APPS_GRACE_SECONDS = 120.0
+
+#: Parsl's monitoring database, inside the run directory (``monitoring: true``).
+MONITORING_DB = "monitoring.db"
+
+
+def monitoring_hub(run_dir: Path) -> MonitoringHub:
+    """Parsl's ``MonitoringHub`` writing to ``run_dir/MONITORING_DB`` (SQLite).
+
+    The planner has checked that its packages are installed (``check_monitoring``).
+    """
+    return MonitoringHub(
+        logging_endpoint=f"sqlite:///{(run_dir / MONITORING_DB).resolve()}",
+        workflow_name=run_dir.name,
+    )
 
 
 @dataclass(frozen=True)
@@ -75,6 +93,7 @@ class ParslRuntime:
         retries: Parsl's retries of a failed app.
         bodies: The app bodies.
         broadcast: How the aggregator puts each global model (``exact`` or ``fp16``).
+        monitoring: Record the run in Parsl's monitoring database (see :func:`monitoring_hub`).
     """
 
     def __init__(
@@ -86,6 +105,7 @@ class ParslRuntime:
         retries: int,
         bodies: AppBodies | None = None,
         broadcast: str = "exact",
+        monitoring: bool = False,
     ) -> None:
         self.plan = plan
         self.store_config = store_config
@@ -93,6 +113,8 @@ class ParslRuntime:
         self.config = copy.copy(parsl_config)
         self.config.run_dir = str(run_dir / "parsl")
         self.config.retries = retries
+        if monitoring:
+            self.config.monitoring = monitoring_hub(run_dir)
         bodies = bodies or AppBodies()
         on_aggregator = [plan.aggregator]
         self._init = python_app(bodies.init, executors=on_aggregator)
