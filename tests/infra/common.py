@@ -12,10 +12,32 @@ import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterable
-from typing import Any
+from types import TracebackType
+from typing import Any, TypeVar
 
 import psutil
 import pytest
+
+C = TypeVar("C", bound="ClosedOnExit")
+
+
+class ClosedOnExit:
+    """A context manager that calls :meth:`close` however its block ends (errors, Ctrl-C)."""
+
+    def close(self) -> None:
+        """Stop and remove everything this object started."""
+        raise NotImplementedError
+
+    def __enter__(self: C) -> C:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
 
 
 def require(*, root: bool = False, commands: Iterable[str] = (), users: Iterable[str] = ()) -> None:

@@ -24,13 +24,12 @@ import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Protocol, TypeVar
 
 import psutil
 import yaml
 
-from tests.infra.common import require, stop_pids, stop_process, wait_for
+from tests.infra.common import ClosedOnExit, require, stop_pids, stop_process, wait_for
 
 #: RFC 2544: reserved for network device benchmarks; never routed on the internet.
 TEST_NETWORK = ipaddress.IPv4Network("198.18.0.0/15")
@@ -77,23 +76,33 @@ class SshHost:
 
     def pids(self) -> list[int]:
         """Processes running inside the namespace."""
-        done = subprocess.run(
-            ["ip", "netns", "pids", self.name], capture_output=True, text=True, check=False
-        )
-        return [int(pid) for pid in done.stdout.split()]
+        return namespace_pids(self.name)
 
     def commands(self) -> list[str]:
         """Command lines of the processes inside the namespace."""
-        found = []
-        for pid in self.pids():
-            try:
-                found.append(" ".join(psutil.Process(pid).cmdline()))
-            except psutil.NoSuchProcess:
-                continue
-        return found
+        return namespace_commands(self.name)
 
 
-class NetnsLab:
+def namespace_pids(namespace: str) -> list[int]:
+    """Processes running inside the named network namespace."""
+    done = subprocess.run(
+        ["ip", "netns", "pids", namespace], capture_output=True, text=True, check=False
+    )
+    return [int(pid) for pid in done.stdout.split()]
+
+
+def namespace_commands(namespace: str) -> list[str]:
+    """Command lines of the processes inside the named network namespace."""
+    found = []
+    for pid in namespace_pids(namespace):
+        try:
+            found.append(" ".join(psutil.Process(pid).cmdline()))
+        except psutil.NoSuchProcess:
+            continue
+    return found
+
+
+class NetnsLab(ClosedOnExit):
     """Namespaces with sshd, a client key authorized in all of them, and a known_hosts file."""
 
     def __init__(self, workdir: Path) -> None:
@@ -157,17 +166,6 @@ class NetnsLab:
                 errors.append(f"{host.name}: {err}")
         if errors:
             raise RuntimeError("teardown failed: " + "; ".join(errors))
-
-    def __enter__(self) -> NetnsLab:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 def start_sshd(
@@ -321,10 +319,7 @@ def remove_namespace(name: str, host_link: str) -> None:
     """Stop every process inside the namespace, delete it, and wait until ``host_link`` (its
     veth's end in this namespace, if any) is gone."""
     if Path(f"/run/netns/{name}").exists():
-        pids = subprocess.run(
-            ["ip", "netns", "pids", name], capture_output=True, text=True, check=False
-        ).stdout.split()
-        stop_pids(int(pid) for pid in pids)
+        stop_pids(namespace_pids(name))
         ip("netns", "delete", name)
     if not host_link:
         return
