@@ -9,6 +9,7 @@ Needs root, ``ip``, ``tc``, OpenSSH and redis-server, like ``test_pis.py``.
 from __future__ import annotations
 
 import csv
+import signal
 import subprocess
 import sys
 import textwrap
@@ -23,7 +24,7 @@ from proxyflox.errors import ConfigError
 from proxyflox.models import build_model
 from proxyflox.models.weights import weights_of
 from tests.helpers import CLI, ROOT, bare_env, only_run_dir
-from tests.infra.common import run_workflow, wait_for
+from tests.infra.common import run_workflow, running, wait_for
 from tests.infra.netlab import NetLab, Traffic, load_topology, rate_bits, traffic_since
 from tests.infra.netns import namespace_commands, port_open
 
@@ -43,7 +44,7 @@ def root_links() -> set[str]:
 def assert_gone(namespaces: list[str], pids: list[int], links_before: set[str]) -> None:
     assert namespaces
     assert [n for n in namespaces if Path(f"/run/netns/{n}").exists()] == []
-    assert [pid for pid in pids if psutil.pid_exists(pid)] == []
+    assert [pid for pid in pids if running(pid)] == []
     assert root_links() == links_before  # the lab never had an interface here
 
 
@@ -101,30 +102,46 @@ def test_an_exception_inside_the_lab_tears_it_down(tmp_path: Path) -> None:
     assert_gone(namespaces, pids, links_before)
 
 
-def test_a_killed_process_s_lab_is_removed_by_the_next_lab(tmp_path: Path) -> None:
-    # kill -9 leaves namespaces and their processes behind: the next lab removes them.
+def start_lab_process(tmp_path: Path) -> tuple[subprocess.Popen[str], list[str], list[int]]:
+    """A Python process inside a T2 lab's ``with`` block, with the lab's namespaces and the
+    pids of its sshds."""
     script = textwrap.dedent(f"""
-        import sys, time
+        import time
         from pathlib import Path
         from tests.infra.netlab import NetLab
-        lab = NetLab(Path({str(TOPOLOGIES / "t2.yaml")!r}), Path({str(tmp_path / "old")!r}))
-        print(" ".join(lab.namespaces), flush=True)
-        time.sleep(600)
+        with NetLab(Path({str(TOPOLOGIES / "t2.yaml")!r}), Path({str(tmp_path / "old")!r})) as lab:
+            print(" ".join(lab.namespaces), flush=True)
+            time.sleep(600)
     """)
     process = subprocess.Popen(
         [sys.executable, "-c", script], cwd=ROOT, stdout=subprocess.PIPE, text=True
     )
     assert process.stdout is not None
-    stale = process.stdout.readline().split()
+    namespaces = process.stdout.readline().split()
+    assert namespaces
+    assert all(Path(f"/run/netns/{n}").exists() for n in namespaces)
     sshd_pids = [p.pid for p in psutil.Process(process.pid).children()]
+    assert len(sshd_pids) == 5
+    return process, namespaces, sshd_pids
+
+
+def test_ctrl_c_inside_the_lab_tears_it_down(tmp_path: Path) -> None:
+    links_before = root_links()
+    process, namespaces, sshd_pids = start_lab_process(tmp_path)
+    process.send_signal(signal.SIGINT)
+    assert process.wait(timeout=30) != 0  # KeyboardInterrupt
+    assert_gone(namespaces, sshd_pids, links_before)
+
+
+def test_a_killed_process_s_lab_is_removed_by_the_next_lab(tmp_path: Path) -> None:
+    # kill -9 leaves namespaces and their processes behind: the next lab removes them.
+    process, stale, sshd_pids = start_lab_process(tmp_path)
     process.kill()
     process.wait()
-    assert stale
-    assert all(Path(f"/run/netns/{n}").exists() for n in stale)
     with NetLab(TOPOLOGIES / "t2.yaml", tmp_path / "new") as lab:
         assert not any(Path(f"/run/netns/{n}").exists() for n in stale)
         assert not set(stale) & set(lab.namespaces)
-    wait_for("the stale sshds to exit", lambda: not any(map(psutil.pid_exists, sshd_pids)), 10)
+    assert not [pid for pid in sshd_pids if running(pid)]
 
 
 @pytest.mark.parametrize(
