@@ -8,6 +8,10 @@ nothing else. The controller address (what the Pis connect back to) is the first
 
 Use :class:`NetnsLab` as a context manager: leaving it (also on an error or a failed test) stops
 every process inside the namespaces and deletes them and their veth pairs.
+
+The pieces the network lab (:mod:`tests.infra.netlab`) shares with it live here too: starting
+sshd in a namespace, entering a namespace from a thread (:func:`in_namespace`), writing a Pi
+inventory, and removing the namespaces of a test process that was killed.
 """
 
 from __future__ import annotations
@@ -53,8 +57,9 @@ class SshKeys(Protocol):
 
 
 def require_netns_tools() -> None:
-    """Fail (not skip) naming what is missing to run sshd hosts in namespaces."""
-    require(root=True, commands=["ip", SSHD, "ssh", "ssh-keygen"])
+    """Fail (not skip) naming what is missing to run sshd hosts in namespaces (and to limit
+    their links' rates)."""
+    require(root=True, commands=["ip", "tc", SSHD, "ssh", "ssh-keygen"])
 
 
 @dataclass
