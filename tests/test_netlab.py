@@ -264,8 +264,8 @@ def test_fedavg_in_t2_moves_the_model_over_each_wifi_link_once_each_way_per_roun
     assert sorted({r["executor"] for r in rows}) == [f"site-{i}" for i in range(4)]
     # Each round one global model down to each Pi and one update up, plus Parsl's tasks, ssh
     # and the store's own messages. ProxyStore's peer path (WebRTC data channels over SCTP)
-    # sends a quarter to a half more than the model over a 25 Mbit link.
-    most = rounds + 0.25 if store == "redis" else 1.5 * rounds
+    # sent 21-44% more than the model over a 25 Mbit link, varying from run to run.
+    most = rounds + 0.25 if store == "redis" else 1.6 * rounds
     for i in range(4):
         moved: Traffic = traffic[f"wifi-{i}"]
         assert rounds * model < moved.b_to_a < most * model, (i, moved)
