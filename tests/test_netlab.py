@@ -19,6 +19,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+import yaml
 
 from proxyflox.errors import ConfigError
 from proxyflox.models import build_model
@@ -206,6 +207,13 @@ def test_topology_mistakes_are_one_line_errors_naming_the_key(tmp_path: Path) ->
             load_topology(path)
         assert message in str(err.value)
         assert "\n" not in str(err.value)
+    hosts = {"c": {"role": "controller"}, "a": {"role": "aggregator"}}
+    hosts |= {f"s{i}": {"role": "site"} for i in range(252)}
+    links = {name: {"ends": [name, "lan"]} for name in hosts}
+    path.write_text(yaml.safe_dump({"name": "big", "switches": ["lan"], "hosts": hosts,
+                                    "links": links}))  # fmt: skip
+    with pytest.raises(ConfigError, match="hosts: at most 253, got 254"):
+        load_topology(path)
     assert rate_bits("25mbit") == 25_000_000
     assert load_topology(TOPOLOGIES / "t3.yaml").links["uplink-a"].bits_per_second == 10**8
 

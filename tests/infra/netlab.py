@@ -152,6 +152,8 @@ def load_topology(path: str | Path) -> Topology:
 
 def _check_graph(where: str, topology: Topology) -> None:
     nodes = [*topology.hosts, *topology.switches]
+    if len(topology.hosts) > 253:  # one /24, no routing
+        raise ConfigError(f"{where}: hosts: at most 253, got {len(topology.hosts)}")
     clash = set(topology.hosts) & set(topology.switches)
     if clash:
         raise ConfigError(f"{where}: switches: {sorted(clash)[0]!r} is also a host")
