@@ -1,4 +1,5 @@
-"""Raspberry Pis over SSH: one HighThroughputExecutor per Pi, the aggregator on this machine.
+"""Raspberry Pis over SSH: one HighThroughputExecutor per Pi, the aggregator on this machine
+(or, with the inventory's ``aggregator`` section, on a machine of its own, started over ssh too).
 
 The Pis come from an inventory file (``--inventory FILE``, ``PROXYFLOX_PIS=FILE``, else
 ``parsl_configs/pis.yaml``; template: ``parsl_configs/pis.example.yaml``). Each Pi's worker pool
@@ -39,7 +40,10 @@ def pi_executor(pi: Pi, inventory: Inventory) -> HighThroughputExecutor:
     )
 
 
-config = Config(
-    executors=[pi_executor(pi, inventory) for pi in inventory.pis] + [local_executor("aggregator")],
+aggregator = (
+    pi_executor(inventory.aggregator, inventory)
+    if inventory.aggregator is not None
+    else local_executor("aggregator")
 )
+config = Config(executors=[pi_executor(pi, inventory) for pi in inventory.pis] + [aggregator])
 site_options = inventory.site_options()

@@ -71,6 +71,34 @@ def endpoint_command(home: Path, *args: str) -> subprocess.CompletedProcess[str]
     )
 
 
+def relay_command(host: str, port: int, log_dir: Path) -> list[str]:
+    """``proxystore-relay`` listening on ``host:port`` without authentication."""
+    return [str(BIN / "proxystore-relay"), "--host", host, "--port", str(port),
+            "--log-dir", str(log_dir)]  # fmt: skip
+
+
+def start_endpoint(home: Path, label: str, host: str, port: int, relay_address: str) -> str:
+    """Configure and start (detached) one endpoint; return its UUID once it listens.
+
+    The endpoint ``label`` lives in the ProxyStore home ``home``, listens on ``host:port`` and
+    joins the relay at ``relay_address``.
+
+    Raises:
+        RuntimeError: configuring or starting it failed, or it does not listen within 30 s.
+    """
+    configured = endpoint_command(
+        home, "configure", label, "--host", host, "--port", str(port),
+        "--relay-address", relay_address, "--no-relay-auth",
+    )  # fmt: skip
+    if configured.returncode != 0:
+        raise RuntimeError(f"configuring endpoint {label} failed: {configured.stderr}")
+    started = endpoint_command(home, "start", label, "--detach")
+    if started.returncode != 0:
+        raise RuntimeError(f"starting endpoint {label} failed: {started.stderr}")
+    wait_for_port(host, port, 30, f"endpoint {label}")
+    return str(read_config(str(home / label)).uuid)
+
+
 def up(directory: Path, labels: list[str], host: str = "127.0.0.1") -> Path:
     """Start a relay and one endpoint per label; return the endpoints file.
 
@@ -92,8 +120,7 @@ def up(directory: Path, labels: list[str], host: str = "127.0.0.1") -> Path:
         raise RuntimeError(f"--dir {directory} cannot be used: {err.strerror or err}") from None
     relay_port = free_port(host)
     relay = subprocess.Popen(
-        [str(BIN / "proxystore-relay"), "--host", host, "--port", str(relay_port),
-         "--log-dir", str(directory / "relay")],
+        relay_command(host, relay_port, directory / "relay"),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,  # outlives this command, until `down`
@@ -108,19 +135,8 @@ def up(directory: Path, labels: list[str], host: str = "127.0.0.1") -> Path:
         wait_for_port(host, relay_port, 30, "proxystore-relay")
         for label in labels:
             home = directory / label
-            port = free_port(host)
-            configured = endpoint_command(
-                home, "configure", label, "--host", host, "--port", str(port),
-                "--relay-address", relay_address, "--no-relay-auth",
-            )  # fmt: skip
-            if configured.returncode != 0:
-                raise RuntimeError(f"configuring endpoint {label} failed: {configured.stderr}")
-            started = endpoint_command(home, "start", label, "--detach")
-            if started.returncode != 0:
-                raise RuntimeError(f"starting endpoint {label} failed: {started.stderr}")
-            wait_for_port(host, port, 30, f"endpoint {label}")
-            uuid = read_config(str(home / label)).uuid
-            endpoints[label] = {"uuid": str(uuid), "home": str(home.resolve())}
+            uuid = start_endpoint(home, label, host, free_port(host), relay_address)
+            endpoints[label] = {"uuid": uuid, "home": str(home.resolve())}
     except BaseException:
         _stop(directory, manifest)
         _remove_created(directory, manifest)

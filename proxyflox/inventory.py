@@ -11,6 +11,7 @@
     pis:
       pi-1: {host: 192.168.1.21, site_options: {batch_size: 1}}
       pi-2: {host: 192.168.1.22}
+    aggregator: {host: 192.168.1.30}     # optional: else it runs on this machine
 
 Every mistake raises :class:`~proxyflox.errors.ConfigError` with one line naming the file and key.
 """
@@ -38,7 +39,9 @@ DEFAULT_INVENTORY = Path(__file__).resolve().parent.parent / "parsl_configs" / "
 DEFAULT_WORKER_PORT_RANGE = (54000, 55000)
 HOST_KEY_CHECKING = ("yes", "accept-new")
 
-_TOP_KEYS = ("controller_address", "worker_port_range", "encrypted", "defaults", "pis")
+_TOP_KEYS = (
+    "controller_address", "worker_port_range", "encrypted", "defaults", "pis", "aggregator"
+)  # fmt: skip
 
 
 def _python_on_the_pi(value: str) -> str:
@@ -159,6 +162,9 @@ class Inventory(Settings):
     )
     #: Encrypt Parsl's traffic (CurveZMQ); needs the run directory's certificates on each Pi.
     encrypted: Bool = False
+    #: The machine whose worker pool runs the aggregator's apps, started over ssh like a Pi's
+    #: (label ``aggregator``); ``None``: a worker pool on the controller's machine.
+    aggregator: Pi | None = None
 
     def site_options(self) -> dict[str, dict[str, Any]]:
         """``{label: {option: value}}`` in the shape a config module's ``site_options`` takes."""
@@ -200,6 +206,8 @@ def load_inventory(path: str | Path | None = None) -> Inventory:
             f"{where}: pis: required, a mapping of Pi name to settings with at least one Pi"
         )
     data["pis"] = tuple(_pi(where, str(name), defaults, value) for name, value in pis.items())
+    if data.get("aggregator") is not None:
+        data["aggregator"] = _aggregator(where, defaults, data["aggregator"])
     data["controller_address"] = data.get("controller_address")  # "required" says what it is
     return validated(Inventory, {**data, "path": path.resolve()}, lambda key: f"{where}: {key}")
 
@@ -256,13 +264,24 @@ def _no_unknown_keys(
             )
 
 
-def _pi(where: str, name: str, defaults: Mapping[str, Any], value: Any) -> Pi:
-    key = f"pis.{name}"
+def _aggregator(where: str, defaults: Mapping[str, Any], value: Any) -> Pi:
+    if isinstance(value, Mapping) and "site_options" in value:
+        raise ConfigError(f"{where}: aggregator.site_options: the aggregator trains no site")
+    return _pi(where, "aggregator", defaults, value, key="aggregator")
+
+
+def _pi(
+    where: str, name: str, defaults: Mapping[str, Any], value: Any, key: str | None = None
+) -> Pi:
+    key = key or f"pis.{name}"
     if not isinstance(value, Mapping):
         raise ConfigError(f"{where}: {key}: must be a mapping of settings, got {short_repr(value)}")
     _no_unknown_keys(where, f"{key}.", value, _PI_KEYS)
-    if name == "aggregator":
-        raise ConfigError(f"{where}: {key}: 'aggregator' is the controller's own executor")
+    if key == "pis.aggregator":
+        raise ConfigError(
+            f"{where}: {key}: 'aggregator' is the aggregator's executor (set its host under "
+            "the top-level key aggregator)"
+        )
     # Site options merge key by key; every other setting of a Pi replaces the default's.
     layers = []
     for section, settings in (("defaults", defaults), (key, value)):

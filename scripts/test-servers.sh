@@ -18,6 +18,7 @@ redis-server redis-server
 sshd openssh-server
 ssh openssh-client
 ip iproute2
+tc iproute2
 slurmctld slurm-wlm
 slurmd slurm-wlm
 munged munge

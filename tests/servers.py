@@ -21,29 +21,46 @@ from proxyflox.endpoints import down, free_port, up
 @contextmanager
 def redis_server(password: str | None = None, port: int | None = None) -> Iterator[int]:
     """A throwaway redis-server on 127.0.0.1 (no persistence); yields its port."""
-    binary = shutil.which("redis-server")
-    assert binary, "redis-server is missing: apt-get install redis-server (.ci/run does)"
     port = port or free_port("127.0.0.1")
-    command = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-               "--appendonly", "no", "--protected-mode", "yes"]  # fmt: skip
-    if password:
-        command += ["--requirepass", password]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        redis_command(port, password=password), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     try:
-        client = redis.StrictRedis(host="127.0.0.1", port=port, password=password)
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                client.ping()
-                break
-            except redis.exceptions.ConnectionError:
-                assert time.monotonic() < deadline, "redis-server did not start within 20 s"
-                assert process.poll() is None, "redis-server exited at start"
-                time.sleep(0.1)
+        wait_for_redis(process, "127.0.0.1", port, password)
         yield port
     finally:
         process.terminate()
         process.wait(timeout=10)
+
+
+def redis_command(port: int, host: str = "127.0.0.1", password: str | None = None) -> list[str]:
+    """A redis-server listening on ``host:port`` only, keeping nothing on disk."""
+    binary = shutil.which("redis-server")
+    assert binary, "redis-server is missing: apt-get install redis-server (.ci/run does)"
+    # Protected mode refuses every client but loopback ones when there is no password; a server
+    # bound elsewhere is one in a network lab, which only the lab's own namespaces reach.
+    protected = "yes" if host == "127.0.0.1" else "no"
+    command = [binary, "--port", str(port), "--bind", host, "--save", "",
+               "--appendonly", "no", "--protected-mode", protected]  # fmt: skip
+    if password:
+        command += ["--requirepass", password]
+    return command
+
+
+def wait_for_redis(
+    process: subprocess.Popen[bytes], host: str, port: int, password: str | None = None
+) -> None:
+    """Wait until the server started as ``process`` answers a ping (20 s at most)."""
+    client = redis.StrictRedis(host=host, port=port, password=password)
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            client.ping()
+            return
+        except redis.exceptions.ConnectionError:
+            assert time.monotonic() < deadline, "redis-server did not start within 20 s"
+            assert process.poll() is None, "redis-server exited at start"
+            time.sleep(0.1)
 
 
 def redis_keys(port: int, password: str | None = None) -> list[bytes | str]:

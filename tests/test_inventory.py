@@ -107,6 +107,24 @@ def test_pis_config_module_builds_one_executor_per_pi(
     assert pi2.max_workers_per_node == 2
 
 
+def test_an_aggregator_section_starts_the_aggregator_over_ssh_too(
+    tmp_path: Path, files: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = two_pis(files) | {"aggregator": {"host": "198.18.0.9", "user": "agg"}}
+    monkeypatch.setenv(INVENTORY_ENV, str(write(tmp_path, data)))
+    deployment = load_deployment("pis.py")
+    aggregator = deployment.parsl_config.executors[-1]
+    assert isinstance(aggregator, HighThroughputExecutor)
+    assert aggregator.label == "aggregator"
+    assert aggregator.address == "198.18.0.1"  # its pool connects back to the controller
+    assert isinstance(aggregator.provider, LocalProvider)
+    launcher = aggregator.provider.launcher
+    assert isinstance(launcher, WrappedLauncher)
+    assert "on agg@198.18.0.9 over ssh" in launcher.prepend
+    assert launcher.prepend.endswith(" 198.18.0.9")
+    assert "aggregator" not in deployment.site_options  # it trains no site
+
+
 def test_example_inventory_is_valid(tmp_path: Path, files: dict[str, str]) -> None:
     data = yaml.safe_load((ROOT / "parsl_configs" / "pis.example.yaml").read_text())
     data["defaults"].update(files)  # its key files live on a user's machine, not here
@@ -157,7 +175,15 @@ def test_example_inventory_is_valid(tmp_path: Path, files: dict[str, str]) -> No
             "pis.pi-2.site_options: must be a mapping",
         ),
         (lambda d: d.update(pis={}), "pis: required"),
-        (lambda d: d["pis"].update(aggregator={"host": "x"}), "'aggregator' is the controller"),
+        (
+            lambda d: d["pis"].update(aggregator={"host": "x"}),
+            "pis.aggregator: 'aggregator' is the aggregator's executor",
+        ),
+        (
+            lambda d: d.update(aggregator={"host": "x", "site_options": {"batch_size": 1}}),
+            "aggregator.site_options: the aggregator trains no site",
+        ),
+        (lambda d: d.update(aggregator={"hots": "x"}), "unknown key 'aggregator.hots'"),
     ],
 )
 def test_inventory_mistakes_are_one_line_errors(

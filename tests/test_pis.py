@@ -17,11 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from tests.helpers import CLI, bare_env, only_run_dir
 from tests.infra.common import processes_mentioning, require, run_workflow, wait_for
-from tests.infra.netns import NetnsLab, SshHost, keygen
+from tests.infra.netns import NetnsLab, SshHost, keygen, write_inventory
 
 pytestmark = pytest.mark.slow
 
@@ -33,27 +32,6 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NetnsLab]:
         lab.add_host()
         lab.add_host()
         yield lab
-
-
-def write_inventory(path: Path, lab: NetnsLab, pis: dict[str, dict[str, Any]]) -> Path:
-    """An inventory as a user writes it: the lab's key and known_hosts, this venv's python."""
-    path.write_text(
-        yaml.safe_dump(
-            {
-                "controller_address": lab.controller_address,
-                "defaults": {
-                    "user": "root",
-                    # The namespaces share this filesystem: the same venv serves as the Pis'.
-                    "python": sys.executable,
-                    "identity_file": str(lab.client_key),
-                    "known_hosts": str(lab.known_hosts),
-                    "worker_logdir": str(path.parent / "worker-logs"),
-                },
-                "pis": pis,
-            }
-        )
-    )
-    return path
 
 
 def run_on_pis(tmp_path: Path, inventory: Path, *args: str) -> subprocess.CompletedProcess[str]:

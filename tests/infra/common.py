@@ -12,10 +12,32 @@ import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterable
-from typing import Any
+from types import TracebackType
+from typing import Any, TypeVar
 
 import psutil
 import pytest
+
+C = TypeVar("C", bound="ClosedOnExit")
+
+
+class ClosedOnExit:
+    """A context manager that calls :meth:`close` however its block ends (errors, Ctrl-C)."""
+
+    def close(self) -> None:
+        """Stop and remove everything this object started."""
+        raise NotImplementedError
+
+    def __enter__(self: C) -> C:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
 
 
 def require(*, root: bool = False, commands: Iterable[str] = (), users: Iterable[str] = ()) -> None:
@@ -84,11 +106,32 @@ def stop_pids(pids: Iterable[int], timeout: float = 5) -> None:
     for proc in procs:
         with contextlib.suppress(psutil.NoSuchProcess):
             proc.send_signal(signal.SIGTERM)
-    _, alive = psutil.wait_procs(procs, timeout=timeout)
+    alive = _wait_ended(procs, timeout)
     for proc in alive:
         with contextlib.suppress(psutil.NoSuchProcess):
             proc.kill()
-    psutil.wait_procs(alive, timeout=timeout)
+    _wait_ended(alive, timeout)
+
+
+def running(process: psutil.Process | int) -> bool:
+    """Whether the process runs. A zombie has exited: one whose parent died waits for this
+    machine's init to reap it, which in some containers takes long (``psutil.wait_procs``
+    would wait for that)."""
+    try:
+        proc = process if isinstance(process, psutil.Process) else psutil.Process(process)
+        return proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def _wait_ended(procs: list[psutil.Process], timeout: float) -> list[psutil.Process]:
+    """Wait until every process has exited; return those still running after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    alive = [proc for proc in procs if running(proc)]
+    while alive and time.monotonic() < deadline:
+        time.sleep(0.05)
+        alive = [proc for proc in alive if running(proc)]
+    return alive
 
 
 def processes_mentioning(text: str) -> list[str]:

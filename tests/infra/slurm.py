@@ -16,11 +16,10 @@ import socket
 import subprocess
 import tempfile
 from pathlib import Path
-from types import TracebackType
 
 import psutil
 
-from tests.infra.common import free_port, require, stop_pids, stop_process, wait_for
+from tests.infra.common import ClosedOnExit, free_port, require, stop_pids, stop_process, wait_for
 
 DAEMONS = ("/usr/sbin/munged", "/usr/sbin/slurmctld", "/usr/sbin/slurmd")
 CLIENTS = ("sbatch", "squeue", "scontrol", "scancel", "srun", "setpriv")
@@ -31,7 +30,7 @@ def require_slurm() -> None:
     require(root=True, commands=[*DAEMONS, *CLIENTS, "mungekey"], users=["munge"])
 
 
-class SlurmCluster:
+class SlurmCluster(ClosedOnExit):
     """slurmctld + slurmd on 127.0.0.1, authenticating through a private munged."""
 
     def __init__(self) -> None:
@@ -160,14 +159,3 @@ class SlurmCluster:
             stop_process(process)
         stop_pids(leftovers)
         shutil.rmtree(self.dir, ignore_errors=True)
-
-    def __enter__(self) -> SlurmCluster:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
