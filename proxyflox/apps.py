@@ -151,6 +151,18 @@ def prime_worker(setup: SiteSetup, sites: Sequence[int]) -> Primed:
     )
 
 
+def as_broadcast(weights: Weights, broadcast: str) -> tuple[Weights, UpdateEncoder | None]:
+    """The global model as the sites will receive it, and the encoder that puts it.
+
+    With ``fp16`` the model is rounded here, so that what the aggregator keeps, checkpoints and
+    sends are the same weights.
+    """
+    if broadcast == "exact":
+        return weights, None
+    encoder = UpdateEncoder(CodecSpec(codec=broadcast))
+    return decode_weights(encoder(weights)), encoder
+
+
 def init_global_model(task: InitTask) -> GlobalModel:
     """Aggregator: the initial global model (or a checkpoint's), put into the store."""
     setup = task.setup
@@ -162,8 +174,9 @@ def init_global_model(task: InitTask) -> GlobalModel:
     else:
         weights, state = read_checkpoint(task.resume_from)
     store = open_app_store(task.store_config)
+    weights, encoder = as_broadcast(weights, task.broadcast)
     return GlobalModel(
-        weights=put_weights(weights, store)[0],
+        weights=put_weights(weights, store, encoder)[0],
         dataset=info,
         state=put_weights(state, store)[0] if state else None,
     )
@@ -298,19 +311,14 @@ def aggregate_updates(task: AggregateTask) -> AggregateResult:
         )
         aggregate_seconds = time.perf_counter() - start - resolve_seconds
     del current, previous_state
-    if task.broadcast == "fp16":  # the global model is what the sites receive, exactly
-        new_global = decode_weights(UpdateEncoder(CodecSpec(codec="fp16"))(new_global))
+    new_global, encoder = as_broadcast(new_global, task.broadcast)
     if task.save_path is not None:
         save_weights(new_global, task.save_path)
     checkpoint_start = time.perf_counter()
     if task.checkpoint_dir is not None:
         write_checkpoint(task.checkpoint_dir, new_global, new_state)
     checkpoint_seconds = time.perf_counter() - checkpoint_start
-    ref, put_seconds = put_weights(
-        new_global,
-        store,
-        UpdateEncoder(CodecSpec(codec="fp16")) if task.broadcast == "fp16" else None,
-    )
+    ref, put_seconds = put_weights(new_global, store, encoder)
     state_ref = None
     if new_state:
         state_ref, state_put_seconds = put_weights(new_state, store)

@@ -162,6 +162,8 @@ class InitTask:
     setup: SiteSetup
     store_config: StoreConfig | None
     resume_from: str | None = None
+    #: How the global model is put: ``exact`` or ``fp16`` (as the aggregator puts every one).
+    broadcast: str = "exact"
 
 
 @dataclass(frozen=True, slots=True)

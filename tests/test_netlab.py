@@ -24,10 +24,10 @@ import yaml
 from proxyflox.errors import ConfigError
 from proxyflox.models import build_model
 from proxyflox.models.weights import weights_of
-from tests.helpers import CLI, ROOT, bare_env, only_run_dir
-from tests.infra.common import run_workflow, running, wait_for
+from tests.helpers import ROOT, only_run_dir
+from tests.infra.common import running
 from tests.infra.netlab import NetLab, Traffic, load_topology, rate_bits, traffic_since
-from tests.infra.netns import namespace_commands, port_open
+from tests.infra.netns import port_open
 
 pytestmark = pytest.mark.slow
 
@@ -237,29 +237,14 @@ def test_fedavg_in_t2_moves_the_model_over_each_wifi_link_once_each_way_per_roun
         options = ["--store.host", host, "--store.port", str(port)]
     else:
         options = ["--store.endpoints_file", str(t2.start_endpoints())]
-    inventory = t2.write_inventory(tmp_path / "pis.yaml")
-    command = [sys.executable, str(CLI), "--config", "pis.py", "--inventory", str(inventory),
-               "--runs_dir", str(tmp_path / "runs"), "--rounds", str(rounds), "--sites", "4",
-               "--store.backend", store, *options]  # fmt: skip
-    before = t2.counters()
     start = time.perf_counter()
-    done = run_workflow(
-        t2.command("controller", command), cwd=tmp_path, env=bare_env(), timeout=300
-    )
+    done, traffic = t2.run_fedavg(
+        ["--runs_dir", str(tmp_path / "runs"), "--rounds", str(rounds), "--sites", "4",
+         "--store.backend", store, *options],
+        tmp_path,
+    )  # fmt: skip
     wall = time.perf_counter() - start
     assert done.returncode == 0, done.stdout + done.stderr
-
-    # The worker pools end with their ssh sessions; count only once they are gone.
-    def pools() -> list[str]:
-        return [
-            command
-            for host in t2.hosts.values()
-            for command in namespace_commands(host.namespace)
-            if "process_worker_pool" in command
-        ]
-
-    wait_for("the worker pools to exit", lambda: not pools(), timeout=30, interval=0.5)
-    traffic = traffic_since(before, t2.counters())
     model = model_bytes()
     report = ", ".join(
         f"{name} up {moved.a_to_b / model:.2f} down {moved.b_to_a / model:.2f}"
@@ -285,3 +270,29 @@ def test_fedavg_in_t2_moves_the_model_over_each_wifi_link_once_each_way_per_roun
         assert 0.9 * others < traffic["store"].total < 1.1 * others
     else:  # peer to peer: the relay on the store host only introduces the endpoints
         assert traffic["store"].total < 0.1 * model
+
+
+def test_compressed_updates_and_an_fp16_broadcast_shrink_what_each_wifi_link_carries(
+    tmp_path: Path, t2: NetLab
+) -> None:
+    rounds = 2
+    host, port = t2.start_redis()
+    done, traffic = t2.run_fedavg(
+        ["--runs_dir", str(tmp_path / "runs"), "--rounds", str(rounds), "--sites", "4",
+         "--store.backend", "redis", "--store.host", host, "--store.port", str(port),
+         "--compression.codec", "topk", "--compression.broadcast", "fp16",
+         "--site_state_dir", str(tmp_path / "state")],
+        tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    model = model_bytes()
+    with open(only_run_dir(tmp_path / "runs") / "sites.csv", newline="") as file:
+        sent = [int(row["sent_bytes"]) for row in csv.DictReader(file)]
+    assert len(sent) == 4 * rounds
+    assert max(sent) < model / 50
+    for i in range(4):
+        moved: Traffic = traffic[f"wifi-{i}"]
+        # Up: top-k updates (1/60 of the model) besides Parsl's tasks and ssh.
+        assert moved.a_to_b < 0.2 * rounds * model, (i, moved)
+        # Down: the global model at half precision.
+        assert 0.5 * rounds * model < moved.b_to_a < 0.7 * rounds * model, (i, moved)

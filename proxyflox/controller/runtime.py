@@ -196,6 +196,7 @@ class ParslRuntime:
             self.plan.setups[self.plan.aggregator],
             self.store_config,
             str(resume_from) if resume_from else None,
+            self.broadcast,
         )
         return self._submit(self._init(task))
 

@@ -44,6 +44,7 @@ import os
 import re
 import socket
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Mapping
@@ -58,7 +59,8 @@ from pydantic import AfterValidator
 from proxyflox.endpoints import relay_command, start_endpoint
 from proxyflox.errors import ConfigError, did_you_mean
 from proxyflox.schema import Maybe, Settings, Str, one_of, read_yaml_mapping, validated
-from tests.infra.common import ClosedOnExit, stop_pids, stop_process
+from tests.helpers import CLI, bare_env
+from tests.infra.common import ClosedOnExit, run_workflow, stop_pids, stop_process, wait_for
 from tests.infra.netns import (
     NAME_PREFIX,
     TEST_NETWORK,
@@ -66,6 +68,7 @@ from tests.infra.netns import (
     in_namespace,
     ip,
     keygen,
+    namespace_commands,
     namespace_pids,
     remove_namespace,
     remove_stale_namespaces,
@@ -274,6 +277,7 @@ class NetLab(ClosedOnExit):
         self._index = 0
         self._subnet = TEST_NETWORK
         self._fabric = ""
+        self._redis_started = False
         try:
             self._build()
         except BaseException:  # Ctrl-C included: remove what was made so far
@@ -470,6 +474,32 @@ class NetLab(ClosedOnExit):
             raise RuntimeError(f"{target} received {received} of {size} bytes")
         return seconds
 
+    def run_fedavg(
+        self, args: list[str], workdir: Path, timeout: float = 300
+    ) -> tuple[subprocess.CompletedProcess[str], dict[str, Traffic]]:
+        """``workflows/fedavg.py`` on ``pis.py`` from the controller's host, its sites and
+        aggregator on theirs; returns how it ended and the bytes each link carried.
+
+        The bytes are counted once the worker pools have exited with their ssh sessions.
+        """
+        inventory = self.write_inventory(workdir / "pis.yaml")
+        command = [sys.executable, str(CLI), "--config", "pis.py", "--inventory",
+                   str(inventory), *args]  # fmt: skip
+        before = self.counters()
+        done = run_workflow(self.command("controller", command), cwd=workdir, env=bare_env(),
+                            timeout=timeout)  # fmt: skip
+
+        def pools() -> list[str]:
+            return [
+                command
+                for host in self.hosts.values()
+                for command in namespace_commands(host.namespace)
+                if "process_worker_pool" in command
+            ]
+
+        wait_for("the worker pools to exit", lambda: not pools(), timeout=30, interval=0.5)
+        return done, traffic_since(before, self.counters())
+
     def write_inventory(self, path: Path) -> Path:
         """The inventory for ``parsl_configs/pis.py``: every site host a Pi (its name the
         executor label), the aggregator's host the aggregator."""
@@ -482,8 +512,11 @@ class NetLab(ClosedOnExit):
         )
 
     def start_redis(self) -> tuple[str, int]:
-        """redis-server on the store host; returns its address and port."""
+        """redis-server on the store host (started once); returns its address and port."""
         store = self.store
+        if self._redis_started:
+            return store.address, REDIS_PORT
+        self._redis_started = True
         process = self.start(
             store.name, redis_command(REDIS_PORT, host=store.address), self.workdir / "redis.log"
         )
