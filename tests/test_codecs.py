@@ -104,6 +104,16 @@ def test_int8_nearest_is_within_half_a_step_per_entry(scale: str) -> None:
     assert weights_nbytes(weights) / len(roundtrip(weights, codec="int8")[1]) >= 3.9
 
 
+def test_int8_keeps_rows_of_zeros_and_of_subnormal_changes_finite() -> None:
+    tiny = np.finfo(np.float32).smallest_subnormal
+    change = {"w": np.array([[0, 0, 0], [3 * tiny, -tiny, 0], [1e-3, 2e-3, -1e-3]], np.float32)}
+    with np.errstate(divide="raise", invalid="raise"):  # no division by zero, no NaN cast
+        decoded, _ = roundtrip(change, codec="int8")
+    assert np.all(np.isfinite(decoded["w"]))
+    assert np.array_equal(decoded["w"][:2], change["w"][:2])  # steps of the smallest float32
+    assert np.all(np.abs(decoded["w"][2] - change["w"][2]) <= 2e-3 / LEVELS / 2 * 1.0001)
+
+
 def test_int8_stochastic_rounding_is_within_a_step_unbiased_and_seeded() -> None:
     x = {"w": np.full((4, 1000), 0.3, dtype=np.float32)}
     x["w"][:, 0] = 1.0  # the step is 1/127: 0.3 lies between two levels

@@ -29,30 +29,33 @@ def _interrupted_while_starting(signum: int, frame: FrameType | None) -> None:
 if __name__ == "__main__":  # Ctrl-C while torch and Parsl import: one line, no traceback
     signal.signal(signal.SIGINT, _interrupted_while_starting)
 
-import psutil  # noqa: E402  (Parsl depends on it)
+# A process that multiprocessing spawns (Parsl's monitoring) re-imports this file as
+# __mp_main__ and needs none of the project: without this guard each would import torch again.
+if __name__ != "__mp_main__":
+    import psutil  # Parsl depends on it
 
-from proxyflox.checkpoints import (  # noqa: E402
-    ResumePoint,
-    find_resume_point,
-    has_checkpoint,
-    read_checkpoint,
-    truncate_round_logs,
-)
-from proxyflox.controller import Plan, RunStoppedError, plan_run, run_federation  # noqa: E402
-from proxyflox.controller.status import LiveStatus  # noqa: E402
-from proxyflox.errors import ConfigError  # noqa: E402
-from proxyflox.inventory import INVENTORY_ENV  # noqa: E402
-from proxyflox.preflight import check_resume_checkpoint  # noqa: E402
-from proxyflox.results import RunDirInUseError, create_run_dir, lock_run_dir  # noqa: E402
-from proxyflox.settings import (  # noqa: E402
-    ExperimentConfig,
-    add_override_options,
-    load_experiment,
-    overrides_from_args,
-    to_yaml,
-)
-from proxyflox.sites import Deployment, load_deployment  # noqa: E402
-from proxyflox.stores import StoreUnreachableError, check_store  # noqa: E402
+    from proxyflox.checkpoints import (
+        ResumePoint,
+        find_resume_point,
+        has_checkpoint,
+        read_checkpoint,
+        truncate_round_logs,
+    )
+    from proxyflox.controller import Plan, RunStoppedError, plan_run, run_federation
+    from proxyflox.controller.status import LiveStatus
+    from proxyflox.errors import ConfigError
+    from proxyflox.inventory import INVENTORY_ENV
+    from proxyflox.preflight import check_resume_checkpoint
+    from proxyflox.results import RunDirInUseError, create_run_dir, lock_run_dir
+    from proxyflox.settings import (
+        ExperimentConfig,
+        add_override_options,
+        load_experiment,
+        overrides_from_args,
+        to_yaml,
+    )
+    from proxyflox.sites import Deployment, load_deployment
+    from proxyflox.stores import StoreUnreachableError, check_store
 
 DEFAULT_EXPERIMENT = Path(__file__).resolve().parent.parent / "experiments" / "digits_fedavg.yaml"
 EXIT_BAD_INPUT = 2

@@ -45,7 +45,9 @@ class Int8:
         per_row = self.per_channel and array.ndim > 1
         rows = array.reshape(array.shape[0] if per_row else 1, -1)
         peak = np.abs(rows).max(axis=1, keepdims=True).astype(np.float32)
-        scale = np.where(peak > 0, peak / LEVELS, np.float32(1)).astype(np.float32)
+        # A row of subnormal changes (momentum decaying on a dead filter) would underflow
+        # peak / LEVELS to zero: the smallest float32 is the finest step there is.
+        scale = np.maximum(peak / LEVELS, np.finfo(np.float32).smallest_subnormal)
         steps = np.divide(rows, scale, dtype=np.float32)
         if self.stochastic:
             steps += self.rng.random(steps.shape, dtype=np.float32)
