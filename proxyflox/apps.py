@@ -69,7 +69,6 @@ def site_data(
 @functools.lru_cache(maxsize=SITE_DATA_CACHE)
 def _site_data(spec: DataSpec, site: int, split: str, info: DatasetInfo | None) -> ArrayDataset:
     cap = spec.samples_per_site if split == TRAIN else None
-    what = "training samples" if split == TRAIN else "test samples (evaluate_sites)"
     if spec.dataset == "folder":
         if spec.data_dir is None:
             raise ConfigError(
@@ -88,18 +87,26 @@ def _site_data(spec: DataSpec, site: int, split: str, info: DatasetInfo | None) 
         rng = np.random.default_rng(derive_seed(spec.seed, PARTITION_STREAM, site))
         return data.subset(np.sort(rng.permutation(len(data))[:cap]))
     full = load_split(spec, split)
-    parts = partition(
-        full.y,
+    num_classes = (info or dataset_info(spec.dataset, spec.data_dir)).num_classes
+    return full.subset(_partition_plan(spec, split, num_classes)[site])
+
+
+@functools.lru_cache(maxsize=4)
+def _partition_plan(spec: DataSpec, split: str, num_classes: int) -> list[np.ndarray]:
+    # One worker hosts more sites than its data cache keeps when many clients are multiplexed
+    # over few executors: every site's share then comes from this one plan instead of a fresh
+    # partition of the whole split per task.
+    return partition(
+        load_split(spec, split).y,
         spec.num_sites,
         spec.partition,
         seed=derive_seed(spec.seed, PARTITION_STREAM),
         alpha=spec.alpha,
         classes_per_site=spec.classes_per_site,
-        samples_per_site=cap,
-        num_classes=(info or dataset_info(spec.dataset, spec.data_dir)).num_classes,
-        what=what,
+        samples_per_site=spec.samples_per_site if split == TRAIN else None,
+        num_classes=num_classes,
+        what="training samples" if split == TRAIN else "test samples (evaluate_sites)",
     )
-    return full.subset(parts[site])
 
 
 def load_split(spec: DataSpec, split: str) -> ArrayDataset:

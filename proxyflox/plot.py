@@ -227,6 +227,10 @@ def _times_figure(run: Run) -> Figure:
     return figure
 
 
+#: Above this many sites the partition plot draws classes as filled steps without site labels.
+LABELLED_SITES = 64
+
+
 def _partition_figure(name: str, rows: list[dict[str, str]]) -> Figure:
     splits = [split for split in ("train", "test") if any(row["split"] == split for row in rows)]
     classes = [column for column in rows[0] if column.startswith("class_")]
@@ -237,17 +241,20 @@ def _partition_figure(name: str, rows: list[dict[str, str]]) -> Figure:
         chosen = [row for row in rows if row["split"] == split]
         sites = [int(row["site"]) for row in chosen]
         left = [0.0] * len(chosen)
+        many = len(chosen) > LABELLED_SITES
         for index, column in enumerate(classes):
             counts = [float(row[column]) for row in chosen]
-            axes.barh(
-                sites,
-                counts,
-                left=left,
-                color=palette(index % palette.N),
-                label=column.removeprefix("class_"),
-            )
-            left = [a + b for a, b in zip(left, counts, strict=True)]
-        axes.set_yticks(sites, [f"site {site}" for site in sites])
+            right = [a + b for a, b in zip(left, counts, strict=True)]
+            color, label = palette(index % palette.N), column.removeprefix("class_")
+            if many:  # one artist per class, not one bar per site and class
+                axes.fill_betweenx(sites, left, right, step="mid", color=color, label=label)
+            else:
+                axes.barh(sites, counts, left=left, color=color, label=label)
+            left = right
+        if many:
+            axes.set_ylabel("site")
+        else:
+            axes.set_yticks(sites, [f"site {site}" for site in sites])
         axes.invert_yaxis()
         axes.set_xlabel("samples")
         axes.set_title(f"{split} samples per class")

@@ -75,11 +75,11 @@ class RunRecords:
 
     def write_sites(self, round_number: int, results: Sequence[TrainResult]) -> None:
         """One row of ``sites.csv`` per site that returned an update in this round."""
-        for result in results:
-            self.sites.write(
-                {"round": round_number, "executor": self.placement[result.site]}
-                | {key: getattr(result, key) for key in SITE_COLUMNS if hasattr(result, key)}
-            )
+        self.sites.write_many(
+            {"round": round_number, "executor": self.placement[result.site]}
+            | {key: getattr(result, key) for key in SITE_COLUMNS if hasattr(result, key)}
+            for result in results
+        )
 
     def write_update(self, row: Mapping[str, Any], result: TrainResult) -> None:
         """One row of ``updates.csv`` (asynchronous runs): when and how stale an update was."""

@@ -53,6 +53,9 @@ from proxyflox.strategies import Strategy
 #: can be evicted; what they put after that is left to the store directory's removal.
 LATE_APPS_GRACE_SECONDS = 120.0
 
+#: Submitted apps kept before the first look for finished ones (see ``ParslRuntime._submit``).
+PRUNE_SUBMITTED_AT = 64
+
 #: Parsl's monitoring database, inside the run directory (``monitoring: true``).
 MONITORING_DB = "monitoring.db"
 
@@ -141,6 +144,7 @@ class ParslRuntime:
         #: Each executor's priming, by label (none before entering, or without a priming body).
         self.primings: dict[str, Future[Primed]] = {}
         self._submitted: list[Future[Any]] = []
+        self._prune_at = PRUNE_SUBMITTED_AT
         self._dfk: DataFlowKernel | None = None
 
     def __enter__(self) -> ParslRuntime:
@@ -184,7 +188,12 @@ class ParslRuntime:
         self._dfk = None
 
     def _submit(self, future: Future[Any]) -> Future[Any]:
-        self._submitted = [f for f in self._submitted if not f.done()]
+        # Pruning on every submit costs O(apps in flight) each: quadratic in the clients of a
+        # round. Pruning when the list has doubled keeps it linear and at most twice the apps
+        # in flight.
+        if len(self._submitted) >= self._prune_at:
+            self._submitted = [f for f in self._submitted if not f.done()]
+            self._prune_at = max(PRUNE_SUBMITTED_AT, 2 * len(self._submitted))
         self._submitted.append(future)
         return future
 
