@@ -294,9 +294,16 @@ def aggregate_updates(task: AggregateTask) -> AggregateResult:
         return value
 
     strategy = task.strategy
-    # A site's change becomes its model again where the strategy averages models.
-    rebuild = strategy.update_kind == "weights"
-    needs_global = strategy.uses_global_model or any(u.change and rebuild for u in task.updates)
+    # A site's change becomes its model again where the strategy works on models, except for
+    # a plain mean of models: the global model plus the mean of the changes, which keeps the
+    # global model out of memory until the changes are averaged (three models at most).
+    rebuild = strategy.update_kind == "weights" and any(u.change for u in task.updates)
+    mean_of_changes = (
+        rebuild
+        and strategy.averages_models
+        and all(u.change and u.base is None for u in task.updates)
+    )
+    rebuild &= not mean_of_changes
 
     def updates(current: Weights) -> Iterator[Update]:
         for update in task.updates:
@@ -307,8 +314,10 @@ def aggregate_updates(task: AggregateTask) -> AggregateResult:
                     array += base[name]  # in place: one update's arrays at a time
                 del base
             yield Update(weights, update.num_samples, update.staleness)
+            del weights  # before the next fetch: one update's arrays alive at a time
 
     with codec_tally() as decoded:
+        needs_global = strategy.uses_global_model or rebuild
         current = fetch(task.global_weights) if needs_global else {}
         previous_state = fetch(task.state) if task.state is not None else strategy.initial_state()
         start = time.perf_counter()
@@ -316,6 +325,9 @@ def aggregate_updates(task: AggregateTask) -> AggregateResult:
         new_global, new_state = strategy.aggregate_train(
             current, updates(current), total, previous_state
         )
+        if mean_of_changes:
+            for name, array in fetch(task.global_weights).items():
+                new_global[name] += array
         aggregate_seconds = time.perf_counter() - start - resolve_seconds
     del current, previous_state
     new_global, encoder = as_broadcast(new_global, task.broadcast)

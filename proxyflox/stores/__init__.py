@@ -72,11 +72,15 @@ def open_store(settings: StoreSettings, run_dir: Path, name: str) -> Store[Any]:
     """Open the run's store in the controller (it never puts or gets weights itself).
 
     ``cache_size=0``: a process that resolves a model keeps no second copy of it in the cache.
+    ``populate_target=False``: a proxy never holds the weights it was made from. Nobody reads
+    them through it (weights are read through the factory), and with threads the controller
+    would keep every update of a round in memory; a populated proxy of a dict also keeps the
+    putting app's frames alive (ProxyStore stores the ``TypeError`` of hashing its target).
     """
     connector: Connector[Any] = BACKENDS[settings.backend].connector(settings, run_dir)
     if settings.access_log:
         connector = AccessLogConnector(connector, str(run_dir / "store-access.log"))
-    return Store(name, connector, cache_size=0, populate_target=True, register=True)
+    return Store(name, connector, cache_size=0, populate_target=False, register=True)
 
 
 def enter_site(proxystore_home: str | None) -> None:

@@ -45,6 +45,9 @@ class Strategy:
     asynchronous: ClassVar[bool] = False
     #: Whether :meth:`aggregate_train` reads the current global model (else it gets ``{}``).
     uses_global_model: ClassVar[bool] = True
+    #: The new global model is the sample-weighted mean of the sites' models, nothing else
+    #: (so of changes, it is the global model plus their mean).
+    averages_models: ClassVar[bool] = False
 
     def configure_train(
         self, round_number: int, sites: Sequence[int], rng: np.random.Generator, count: int

@@ -19,6 +19,7 @@ class FedAvg(Strategy):
 
     name: ClassVar[str] = "fedavg"
     uses_global_model: ClassVar[bool] = False
+    averages_models: ClassVar[bool] = True
 
     def aggregate_train(
         self,
