@@ -2,13 +2,14 @@
 
 After every round the aggregator writes ``checkpoints/round-NNNN/`` (the new global model and
 the strategy state, as ``.npz`` files: plain arrays, nothing is unpickled on resume). Once the
-aggregate has returned, the controller writes the round's ``sites.csv`` rows and, beside the
-checkpoint, its ``rounds.csv`` row less the evaluation (``row.json``), then points
-``checkpoints/latest`` at it and removes older checkpoints. The evaluation runs on while the
-next round trains; a resumed run whose ``rounds.csv`` lacks the checkpoint's round evaluates the
-checkpoint again and writes that row first. Every random draw in a run is derived from (seed,
-round, site), so the round number is the whole random state; the rounds so far are the rows
-of ``rounds.csv`` and ``sites.csv`` up to that round.
+aggregate has returned (and the next round's train apps are out), the controller writes the
+round's ``sites.csv`` rows and, beside the checkpoint, its ``rounds.csv`` row less the
+evaluation (``row.json``), then points ``checkpoints/latest`` at it and removes older
+checkpoints. The evaluation runs on while the next round trains; a resumed run whose
+``rounds.csv`` lacks the checkpoint's round evaluates the checkpoint again and writes that row
+first. Every random draw in a run is derived from (seed, round, site), so the round number is
+the whole random state; the rounds so far are the rows of ``rounds.csv`` and ``sites.csv`` up
+to that round.
 """
 
 from __future__ import annotations

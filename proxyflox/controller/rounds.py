@@ -6,15 +6,16 @@ Per round::
     updates = train(site, global model) on each site       each returns a reference to its update
               ... all of them, or those in by round_deadline (late ones are dropped)
     model   = aggregate(global model, updates)             on the aggregator: a new reference
-    checkpoint complete; submit evaluate(model)            on the aggregator, not waited for
-    ... next round: once its updates are in, record this round's evaluation in its row
+    evaluate(model)                                        on the aggregator, not waited for
+    ... next round: mark the checkpoint; with its aggregate running, write the row
 
 The evaluation of round r runs while round r+1 trains, so a round waits only for what its
 deadline and ``min_clients`` need: its updates, then its aggregate. Rows are still written in
-round order, each with its own round's evaluation; the last round's evaluation is awaited before
-the run ends. A round is checkpointed as soon as its aggregate returns, with its row less the
-evaluation (``checkpoints.write_pending_row``); a run stopped before the evaluation came back
-evaluates that checkpoint again on resume and writes the row before the next round's.
+round order, each with its own round's evaluation (round r's while round r+1 aggregates); the
+last round's evaluation is awaited before the run ends. Round r's checkpoint is marked once round
+r+1's train apps are out, with its row less the evaluation (``checkpoints.write_pending_row``);
+a run stopped before the evaluation came back evaluates that checkpoint again on resume and
+writes the row before the next round's.
 
 The controller never resolves weights: it forwards references and, through the ledger, evicts
 each round's objects once nobody needs them (an evaluated model stays until its evaluation is in).
@@ -79,6 +80,9 @@ def run_rounds(
     global_model = ledger.claim(ledger.expect(runtime.init(resume.checkpoint if resume else None)))
     run.observer.run_started(run.seconds())
     pending = unevaluated(run, global_model, resume) if resume else None
+    # The last aggregated round, until its checkpoint is marked (once the next round's train
+    # apps are out, so that the files' writes and syncs are off the critical path).
+    unmarked: tuple[PendingRound, list[TrainResult]] | None = None
     for round_number in range(first_round, config.rounds + 1):
         start = time.perf_counter()
         sites = run.plan.sample(strategy, round_number)
@@ -96,13 +100,13 @@ def run_rounds(
             )
             for site in sites
         }
+        if unmarked is not None:  # the previous round's records, while this round trains
+            mark(run, *unmarked)
+            unmarked = None
         arrived = collect(run, round_number, trains, config.round_deadline)
-        # The previous round's evaluation ran beside this round's training: usually it is in
-        # already. Its row goes first, also when this round stops the run.
-        if pending is not None:
-            yield finish(run, pending)
-            pending = None
         if len(arrived.updates) < config.min_clients:
+            if pending is not None:  # the previous round's row, before the run stops
+                yield finish(run, pending)
             failures = summarize_failures(arrived.failed)
             raise RunStoppedError(
                 f"round {round_number}: {len(arrived.updates)} of {len(sites)} sites returned "
@@ -113,17 +117,20 @@ def run_rounds(
             run.observer.trained(round_number, update)
 
         last = round_number == config.rounds
-        aggregate = ledger.claim(
-            ledger.expect(
-                runtime.aggregate(
-                    strategy,
-                    global_model,
-                    arrived.updates,
-                    save_path=run.run_dir / "model.pt" if last else None,
-                    checkpoint_dir=checkpoint_dir(run.run_dir, round_number),
-                )
+        aggregating = ledger.expect(
+            runtime.aggregate(
+                strategy,
+                global_model,
+                arrived.updates,
+                save_path=run.run_dir / "model.pt" if last else None,
+                checkpoint_dir=checkpoint_dir(run.run_dir, round_number),
             )
         )
+        # The previous round's evaluation ran beside this round's training and, on the
+        # aggregator, before this aggregate: its row is written while the aggregate runs.
+        if pending is not None:
+            yield finish(run, pending)
+        aggregate = ledger.claim(aggregating)
         round_seconds = time.perf_counter() - start
         run.observer.aggregated(round_number, aggregate)
         pending = PendingRound(
@@ -146,15 +153,24 @@ def run_rounds(
         ledger.release(global_model, *arrived.updates)
         global_model = aggregate.model
         accepted.update((update.site, round_number) for update in arrived.updates)
-
-        run.records.write_sites(round_number, arrived.updates)
-        # Resuming from this checkpoint needs the row (less the evaluation) it has not written.
-        write_pending_row(run.run_dir, round_number, pending.row, pending.partition)
-        mark_complete(run.run_dir, round_number)
+        unmarked = (pending, arrived.updates)
+    if unmarked is not None:
+        mark(run, *unmarked)
     if pending is not None:
         yield finish(run, pending)
     if feeds_back:  # done: no resume will read the sites' residuals
         concurrent.futures.wait(runtime.forget_site_state(instructions.run_key))
+
+
+def mark(run: RunContext, pending: PendingRound, updates: list[TrainResult]) -> None:
+    """Make a round's checkpoint the one a resume continues from.
+
+    First its ``sites.csv`` rows and its row less the evaluation (which a resume needs), then
+    ``checkpoints/latest``: the previous round's row is written by then, so its checkpoint may go.
+    """
+    run.records.write_sites(pending.round_number, updates)
+    write_pending_row(run.run_dir, pending.round_number, pending.row, pending.partition)
+    mark_complete(run.run_dir, pending.round_number)
 
 
 def evaluate(
