@@ -376,16 +376,12 @@ class RoundRecord:
     def critical_path(self, placement: Sequence[str]) -> float:
         """Seconds of app work the round had to wait for, each measured in its own process:
         the busiest site executor (its apps run one after another on its one worker), then
-        the aggregate and evaluate apps."""
+        the aggregate app (the evaluation runs while the next round trains)."""
         per_executor: dict[str, float] = {}
         for train in self.trains:
             label = placement[int(train["site"])]
             per_executor[label] = per_executor.get(label, 0.0) + float(train["app_seconds"])
-        return (
-            max(per_executor.values())
-            + float(self.aggregate["app_seconds"])
-            + float(self.evaluate["app_seconds"])
-        )
+        return max(per_executor.values()) + float(self.aggregate["app_seconds"])
 
 
 class RoundTimer(RunObserver):
@@ -413,24 +409,26 @@ class RoundTimer(RunObserver):
         #: No-op app round trip per probed executor label (seconds, median).
         self.latency: dict[str, float] = {}
         self._process = psutil.Process()
-        self._record = RoundRecord({})
+        # Rounds under way, by number: a round's evaluation comes in while the next one trains.
+        self._open: dict[int, RoundRecord] = {}
         self._previous: tuple[float, float] | None = None  # wall, CPU at the last round's end
 
     def round_started(self, round_number: int, sites: Sequence[int]) -> None:
-        self._record = RoundRecord({})
+        self._open[round_number] = RoundRecord({})
 
     def trained(self, round_number: int, result: TrainResult) -> None:
-        self._record.trains.append(numbers(result))
+        self._open[round_number].trains.append(numbers(result))
 
     def aggregated(self, round_number: int, result: AggregateResult) -> None:
-        self._record.aggregate = numbers(result)
+        self._open[round_number].aggregate = numbers(result)
 
     def evaluated(self, round_number: int, evaluation: Evaluation) -> None:
-        self._record.evaluate = numbers(evaluation)
+        # A resumed run evaluates its checkpoint's round again, which it did not start.
+        self._open.setdefault(round_number, RoundRecord({})).evaluate = numbers(evaluation)
 
     def round_finished(self, round_number: int, row: Mapping[str, Any]) -> None:
         now, cpu = time.perf_counter(), _cpu_seconds(self._process)
-        record = self._record
+        record = self._open.pop(round_number)
         record.row = dict(row)
         if self._previous is not None:
             record.loop_seconds = now - self._previous[0]

@@ -361,7 +361,8 @@ def report(entry: dict[str, Any]) -> None:
     )
     print(
         f"  a no-op Parsl app's round trip here: {entry['proxyflox_noop_app_seconds'] * 1e3:.1f} "
-        "ms (a round waits for 3 app stages in a row: train, aggregate, evaluate)"
+        "ms (a round waits for 2 app stages in a row: train, aggregate; evaluation overlaps "
+        "the next round)"
     )
     print(
         f"  final accuracy: bare {entry['accuracy_bare']:.4f}, "

@@ -1,16 +1,21 @@
 """Checkpoints: everything a stopped synchronous run needs to continue as if it never stopped.
 
 After every round the aggregator writes ``checkpoints/round-NNNN/`` (the new global model and
-the strategy state, as ``.npz`` files: plain arrays, nothing is unpickled on resume); once the
-controller has written that round's rows, it points ``checkpoints/latest`` at it and removes
-older checkpoints. Every random draw in a run is derived from (seed, round, site), so the round
-number is the whole random state; the rounds so far are the rows of ``rounds.csv`` and
-``sites.csv`` up to that round.
+the strategy state, as ``.npz`` files: plain arrays, nothing is unpickled on resume). Once the
+aggregate has returned (and the next round's train apps are out), the controller writes the
+round's ``sites.csv`` rows and, beside the checkpoint, its ``rounds.csv`` row less the
+evaluation (``row.json``), then points ``checkpoints/latest`` at it and removes older
+checkpoints. The evaluation runs on while the next round trains; a resumed run whose
+``rounds.csv`` lacks the checkpoint's round evaluates the checkpoint again and writes that row
+first. Every random draw in a run is derived from (seed, round, site), so the round number is
+the whole random state; the rounds so far are the rows of ``rounds.csv`` and ``sites.csv`` up
+to that round.
 """
 
 from __future__ import annotations
 
 import csv
+import json
 import os
 import shutil
 import tempfile
@@ -31,6 +36,8 @@ CHECKPOINTS = "checkpoints"
 LATEST = "latest"
 WEIGHTS_FILE = "weights.npz"
 STATE_FILE = "state.npz"
+#: A checkpointed round's ``rounds.csv`` row less its evaluation, and its partition rows (JSON).
+PENDING_ROW_FILE = "row.json"
 #: Files a run keeps per round, which ``--resume`` cuts back to the checkpoint's round.
 ROUND_LOGS = ("rounds.csv", "sites.csv")
 
@@ -100,8 +107,51 @@ def has_checkpoint(run_dir: str | Path) -> bool:
     return (Path(run_dir) / CHECKPOINTS / LATEST).is_file()
 
 
+def write_pending_row(
+    run_dir: str | Path,
+    round_number: int,
+    row: dict[str, Any],
+    partition: list[dict[str, Any]],
+) -> None:
+    """Keep a round's row (less its evaluation) beside its checkpoint, atomically.
+
+    Floats survive JSON exactly, so a resumed run writes the row the stopped one would have.
+    """
+    directory = checkpoint_dir(run_dir, round_number)
+    staging = directory / f".{PENDING_ROW_FILE}.tmp"
+    staging.write_text(json.dumps({"row": row, "partition": partition}, default=_plain))
+    os.replace(staging, directory / PENDING_ROW_FILE)
+
+
+def _plain(value: Any) -> Any:
+    """NumPy scalars as the Python numbers they hold."""
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"{type(value).__name__} in a round's row")
+
+
+def read_pending_row(
+    run_dir: str | Path, round_number: int
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The row and partition rows :func:`write_pending_row` kept for a round.
+
+    Raises:
+        ConfigError: if the file is missing or unreadable.
+    """
+    path = checkpoint_dir(run_dir, round_number) / PENDING_ROW_FILE
+    try:
+        data = json.loads(path.read_text())
+        return dict(data["row"]), list(data["partition"])
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise ConfigError(f"resume: {path} cannot be read ({type(err).__name__}: {err})") from None
+
+
 def mark_complete(run_dir: str | Path, round_number: int) -> None:
-    """Point ``checkpoints/latest`` at this round's checkpoint; drop older ones."""
+    """Point ``checkpoints/latest`` at this round's checkpoint; drop older ones.
+
+    Called once the checkpoint, the round's ``sites.csv`` rows and its pending row are
+    written, and the previous round's ``rounds.csv`` row too (its checkpoint goes now).
+    """
     root = Path(run_dir) / CHECKPOINTS
     latest = root / LATEST
     staging = root / f".{LATEST}.tmp"
@@ -163,9 +213,21 @@ def find_resume_point(run_dir: str | Path) -> ResumePoint:
     read_checkpoint(point.checkpoint)  # fail now, not on the aggregator, if it is corrupt
     for name in ROUND_LOGS:
         _check_round_log(run_dir / name, where)
-    if round_number >= config.rounds:
+    evaluated = _has_row(run_dir, round_number)
+    if round_number >= config.rounds and evaluated:
         raise ConfigError(f"{where} already finished all {config.rounds} rounds")
+    if not evaluated:
+        read_pending_row(run_dir, round_number)  # the row its evaluation completes
     return point
+
+
+def _has_row(run_dir: Path, round_number: int) -> bool:
+    """Whether ``rounds.csv`` holds the round's row (its evaluation came back)."""
+    path = run_dir / "rounds.csv"
+    if not path.exists():
+        return False
+    with open(path, newline="", encoding="utf-8") as file:
+        return any(int(row["round"]) == round_number for row in csv.DictReader(file))
 
 
 def _check_round_log(path: Path, where: str) -> None:

@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import csv
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
-from proxyflox.apps import shuffle_seed, site_data
-from proxyflox.controller import AppBodies, RunResult
+from proxyflox.apps import evaluate_global, shuffle_seed, site_data
+from proxyflox.controller import AppBodies, RunObserver, RunResult, run_federation
 from proxyflox.controller.planner import data_spec, plan_run
 from proxyflox.controller.runtime import ParslRuntime
+from proxyflox.messages import AggregateResult, Evaluation, SiteSetup
 from proxyflox.models.weights import weights_of
-from proxyflox.results import round_columns
+from proxyflox.results import create_run_dir, read_rounds, round_columns
 from proxyflox.settings import load_experiment
 from proxyflox.sites import load_deployment
 from proxyflox.training import train_local
@@ -130,3 +132,71 @@ def test_without_a_priming_body_nothing_is_primed(tmp_path: Path) -> None:
         deployment.parsl_config, plan, tmp_path, None, 0, AppBodies(prime=None)
     ) as runtime:
         assert runtime.primings == {}
+
+
+class RecordingObserver(RunObserver):
+    """Keeps every event in order, and evaluates each new global model at once, in this process
+    (what a round that waited for its evaluation would have recorded)."""
+
+    def __init__(self, setup: SiteSetup) -> None:
+        self.setup = setup
+        self.events: list[tuple[str, int]] = []
+        self.at_once: dict[int, Evaluation] = {}
+
+    def round_started(self, round_number: int, sites: Sequence[int]) -> None:
+        self.events.append(("started", round_number))
+
+    def aggregated(self, round_number: int, result: AggregateResult) -> None:
+        self.events.append(("aggregated", round_number))
+        self.at_once[round_number] = evaluate_global(self.setup, result.model)
+
+    def evaluated(self, round_number: int, evaluation: Evaluation) -> None:
+        self.events.append(("evaluated", round_number))
+
+    def round_finished(self, round_number: int, row: Mapping[str, Any]) -> None:
+        self.events.append(("finished", round_number))
+
+
+def test_each_row_holds_its_own_rounds_evaluation_made_while_the_next_round_trains(
+    tmp_path: Path,
+) -> None:
+    rounds = 4
+    config = load_experiment(
+        DEFAULT_EXPERIMENT,
+        {
+            "rounds": rounds,
+            "evaluate_sites": "true",
+            "runs_dir": str(tmp_path / "runs"),
+            "store.access_log": "true",
+        },
+    )
+    deployment = load_deployment("local.py")
+    plan = plan_run(config, deployment)
+    observer = RecordingObserver(plan.setups[plan.aggregator])
+    run_dir = create_run_dir(config.runs_dir, config.name)
+    result = run_federation(
+        config, deployment, run_dir, progress=lambda line: None, plan=plan, observer=observer
+    )
+
+    assert [row["round"] for row in read_rounds(run_dir)] == [str(r) for r in range(1, rounds + 1)]
+    for row in result.rounds:
+        alone = observer.at_once[int(row["round"])]
+        assert (row["accuracy"], row["loss"]) == (alone.accuracy, alone.loss)
+        assert all(f"site{site}_accuracy" in row for site in range(4))
+    events = observer.events
+    for r in range(1, rounds + 1):
+        assert [name for name, n in events if n == r] == [
+            "started", "aggregated", "evaluated", "finished"
+        ]  # fmt: skip
+    # Round r's evaluation came in while round r+1 ran; the last one before the run ended.
+    for r in range(1, rounds):
+        assert events.index(("started", r + 1)) < events.index(("evaluated", r))
+        assert events.index(("finished", r)) < events.index(("aggregated", r + 1))
+    assert events[-2:] == [("evaluated", rounds), ("finished", rounds)]
+    assert [n for name, n in events if name == "finished"] == list(range(1, rounds + 1))
+
+    # Every model stayed in the store until its evaluations were in, and nothing is left.
+    log = [line.split("\t") for line in (run_dir / "store-access.log").read_text().splitlines()]
+    put = {key for _, op, key in log if op == "put"}
+    assert len(put) == 1 + rounds * (4 + 1)
+    assert put == {key for _, op, key in log if op == "evict"}

@@ -91,23 +91,28 @@ class RunRecords:
         }
         self.updates.write({"executor": self.placement[result.site]} | measured | dict(row))
 
-    def write_partition(
-        self, updates: Sequence[TrainResult], local_evaluations: Sequence[Evaluation]
-    ) -> None:
-        """``partition.csv`` from the class counts the sites reported.
+    def partition_rows(
+        self, split: str, results: Sequence[TrainResult | Evaluation]
+    ) -> list[dict[str, Any]]:
+        """``partition.csv``'s rows of one split, from the class counts the sites reported.
 
         The controller never loads data to know how it is split.
         """
-        rows = [
+        return [
             {
                 "site": result.site,
                 "executor": self.placement[int(result.site or 0)],
                 "split": split,
                 "class_counts": result.class_counts,
             }
-            for split, results in (("train", updates), ("test", local_evaluations))
             for result in results
         ]
+
+    def write_partition(
+        self, train_rows: Sequence[Mapping[str, Any]], local_evaluations: Sequence[Evaluation]
+    ) -> None:
+        """``partition.csv``: the train rows (:meth:`partition_rows`) and the local test sets."""
+        rows = [*train_rows, *self.partition_rows("test", local_evaluations)]
         write_partition(self.run_dir / PARTITION_FILE, rows)
 
 
@@ -117,11 +122,12 @@ def round_row(
     late: Sequence[int],
     failed: Mapping[int, str],
     aggregate: AggregateResult,
-    evaluation: Evaluation,
-    local_evaluations: Sequence[Evaluation],
     round_seconds: float,
 ) -> dict[str, Any]:
-    """A synchronous round's row of ``rounds.csv``."""
+    """A synchronous round's ``rounds.csv`` row, less its evaluation (:func:`evaluation_columns`).
+
+    Only numbers, strings and lists: the row is kept as JSON until its evaluation is in.
+    """
     samples = sum(update.num_samples for update in updates)
     row: dict[str, Any] = {
         "round": round_number,
@@ -130,8 +136,6 @@ def round_row(
         "late_site_ids": " ".join(str(site) for site in late),
         "failed_site_ids": " ".join(str(site) for site in failed),
         "failures": summarize_failures(failed),
-        "accuracy": evaluation.accuracy,
-        "loss": evaluation.loss,
         "round_seconds": round_seconds,
         "train_seconds_max": max(update.train_seconds for update in updates),
         "resolve_seconds_max": max(update.resolve_seconds for update in updates),
@@ -140,17 +144,28 @@ def round_row(
         "aggregate_resolve_seconds": aggregate.resolve_seconds,
         "aggregate_put_seconds": aggregate.put_seconds,
         "checkpoint_seconds": aggregate.checkpoint_seconds,
-        "evaluate_seconds": evaluation.evaluate_seconds,
         "model_bytes": aggregate.model_bytes,
         "train_loss": sum(u.train_loss * u.num_samples for u in updates) / samples,
     } | traffic(updates, aggregate)
     for update in updates:
         row[f"site{update.site}_train_seconds"] = update.train_seconds
         row[f"site{update.site}_resolve_seconds"] = update.resolve_seconds
-    for local in local_evaluations:
-        row[f"site{local.site}_accuracy"] = local.accuracy
-        row[f"site{local.site}_loss"] = local.loss
     return row
+
+
+def evaluation_columns(
+    evaluation: Evaluation, local_evaluations: Sequence[Evaluation]
+) -> dict[str, Any]:
+    """The columns of a round's row that its global (and local) evaluations fill in."""
+    columns: dict[str, Any] = {
+        "accuracy": evaluation.accuracy,
+        "loss": evaluation.loss,
+        "evaluate_seconds": evaluation.evaluate_seconds,
+    }
+    for local in local_evaluations:
+        columns[f"site{local.site}_accuracy"] = local.accuracy
+        columns[f"site{local.site}_loss"] = local.loss
+    return columns
 
 
 def traffic(updates: Sequence[TrainResult], aggregate: AggregateResult) -> dict[str, Any]:

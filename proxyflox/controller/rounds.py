@@ -6,11 +6,19 @@ Per round::
     updates = train(site, global model) on each site       each returns a reference to its update
               ... all of them, or those in by round_deadline (late ones are dropped)
     model   = aggregate(global model, updates)             on the aggregator: a new reference
-    metrics = evaluate(model)                              on the aggregator
-    record the round; checkpoint complete
+    evaluate(model)                                        on the aggregator, not waited for
+    ... next round: mark the checkpoint; with its aggregate running, write the row
+
+The evaluation of round r runs while round r+1 trains, so a round waits only for what its
+deadline and ``min_clients`` need: its updates, then its aggregate. Rows are still written in
+round order, each with its own round's evaluation (round r's while round r+1 aggregates); the
+last round's evaluation is awaited before the run ends. Round r's checkpoint is marked once round
+r+1's train apps are out, with its row less the evaluation (``checkpoints.write_pending_row``);
+a run stopped before the evaluation came back evaluates that checkpoint again on resume and
+writes the row before the next round's.
 
 The controller never resolves weights: it forwards references and, through the ledger, evicts
-each round's objects once nobody needs them.
+each round's objects once nobody needs them (an evaluated model stays until its evaluation is in).
 """
 
 from __future__ import annotations
@@ -21,13 +29,40 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from typing import Any
 
-from proxyflox.checkpoints import ResumePoint, accepted_rounds, checkpoint_dir, mark_complete
+from proxyflox.checkpoints import (
+    ResumePoint,
+    accepted_rounds,
+    checkpoint_dir,
+    mark_complete,
+    read_pending_row,
+    write_pending_row,
+)
 from proxyflox.controller.context import RunContext
-from proxyflox.controller.records import failure_reason, round_row, summarize_failures
+from proxyflox.controller.records import (
+    evaluation_columns,
+    failure_reason,
+    round_row,
+    summarize_failures,
+)
 from proxyflox.errors import RunStoppedError
-from proxyflox.messages import Instructions, TrainResult
+from proxyflox.messages import Evaluation, GlobalModel, Instructions, TrainResult
+from proxyflox.results import read_rounds
 from proxyflox.strategies import Strategy
+
+
+@dataclass
+class PendingRound:
+    """A round whose model is made and checkpointed while its evaluation still runs."""
+
+    round_number: int
+    #: The round's ``rounds.csv`` row, every column but the evaluation's.
+    row: dict[str, Any]
+    evaluation: Future[Evaluation]
+    local_evaluations: list[Future[Evaluation]]
+    #: ``partition.csv``'s train rows, for the first round only (written with its evaluation).
+    partition: list[dict[str, Any]]
 
 
 def run_rounds(
@@ -44,6 +79,10 @@ def run_rounds(
     feeds_back = any(setup.state_dir is not None for setup in run.plan.setups.values())
     global_model = ledger.claim(ledger.expect(runtime.init(resume.checkpoint if resume else None)))
     run.observer.run_started(run.seconds())
+    pending = unevaluated(run, global_model, resume) if resume else None
+    # The last aggregated round, until its checkpoint is marked (once the next round's train
+    # apps are out, so that the files' writes and syncs are off the critical path).
+    unmarked: tuple[PendingRound, list[TrainResult]] | None = None
     for round_number in range(first_round, config.rounds + 1):
         start = time.perf_counter()
         sites = run.plan.sample(strategy, round_number)
@@ -61,8 +100,13 @@ def run_rounds(
             )
             for site in sites
         }
+        if unmarked is not None:  # the previous round's records, while this round trains
+            mark(run, *unmarked)
+            unmarked = None
         arrived = collect(run, round_number, trains, config.round_deadline)
         if len(arrived.updates) < config.min_clients:
+            if pending is not None:  # the previous round's row, before the run stops
+                yield finish(run, pending)
             failures = summarize_failures(arrived.failed)
             raise RunStoppedError(
                 f"round {round_number}: {len(arrived.updates)} of {len(sites)} sites returned "
@@ -73,49 +117,97 @@ def run_rounds(
             run.observer.trained(round_number, update)
 
         last = round_number == config.rounds
-        aggregate = ledger.claim(
-            ledger.expect(
-                runtime.aggregate(
-                    strategy,
-                    global_model,
-                    arrived.updates,
-                    save_path=run.run_dir / "model.pt" if last else None,
-                    checkpoint_dir=checkpoint_dir(run.run_dir, round_number),
-                )
+        aggregating = ledger.expect(
+            runtime.aggregate(
+                strategy,
+                global_model,
+                arrived.updates,
+                save_path=run.run_dir / "model.pt" if last else None,
+                checkpoint_dir=checkpoint_dir(run.run_dir, round_number),
             )
         )
-        run.observer.aggregated(round_number, aggregate)
-        evaluation = runtime.evaluate(aggregate.model)
-        local_evaluations = runtime.evaluate_sites(aggregate.model) if config.evaluate_sites else []
-        metrics = evaluation.result()
-        local_metrics = [local.result() for local in local_evaluations]
+        # The previous round's evaluation ran beside this round's training and, on the
+        # aggregator, before this aggregate: its row is written while the aggregate runs.
+        if pending is not None:
+            yield finish(run, pending)
+        aggregate = ledger.claim(aggregating)
         round_seconds = time.perf_counter() - start
-        run.observer.evaluated(round_number, metrics)
+        run.observer.aggregated(round_number, aggregate)
+        pending = PendingRound(
+            round_number,
+            round_row(
+                round_number,
+                arrived.updates,
+                arrived.late,
+                arrived.failed,
+                aggregate,
+                round_seconds,
+            ),
+            *evaluate(run, aggregate.model),
+            partition=run.records.partition_rows("train", arrived.updates)
+            if round_number == 1
+            else [],
+        )
 
         # The old global model (with its strategy state) and the updates: nobody needs them now.
         ledger.release(global_model, *arrived.updates)
         global_model = aggregate.model
         accepted.update((update.site, round_number) for update in arrived.updates)
-
-        row = round_row(
-            round_number,
-            arrived.updates,
-            arrived.late,
-            arrived.failed,
-            aggregate,
-            metrics,
-            local_metrics,
-            round_seconds,
-        )
-        run.records.write_round(row)
-        run.records.write_sites(round_number, arrived.updates)
-        if round_number == 1:
-            run.records.write_partition(arrived.updates, local_metrics)
-        mark_complete(run.run_dir, round_number)
-        run.observer.round_finished(round_number, row)
-        yield row
+        unmarked = (pending, arrived.updates)
+    if unmarked is not None:
+        mark(run, *unmarked)
+    if pending is not None:
+        yield finish(run, pending)
     if feeds_back:  # done: no resume will read the sites' residuals
         concurrent.futures.wait(runtime.forget_site_state(instructions.run_key))
+
+
+def mark(run: RunContext, pending: PendingRound, updates: list[TrainResult]) -> None:
+    """Make a round's checkpoint the one a resume continues from.
+
+    First its ``sites.csv`` rows and its row less the evaluation (which a resume needs), then
+    ``checkpoints/latest``: the previous round's row is written by then, so its checkpoint may go.
+    """
+    run.records.write_sites(pending.round_number, updates)
+    write_pending_row(run.run_dir, pending.round_number, pending.row, pending.partition)
+    mark_complete(run.run_dir, pending.round_number)
+
+
+def evaluate(
+    run: RunContext, model: GlobalModel
+) -> tuple[Future[Evaluation], list[Future[Evaluation]]]:
+    """Submit the global and (``evaluate_sites``) the local evaluations of ``model``.
+
+    The ledger keeps ``model`` until they are in.
+    """
+    runtime, ledger = run.runtime, run.ledger
+    evaluation = ledger.expect(runtime.evaluate(model), uses=[model])
+    local = runtime.evaluate_sites(model) if run.config.evaluate_sites else []
+    return evaluation, [ledger.expect(future, uses=[model]) for future in local]
+
+
+def finish(run: RunContext, pending: PendingRound) -> dict[str, Any]:
+    """Wait for a round's evaluations and write its row (and, after round 1, ``partition.csv``)."""
+    metrics = run.ledger.claim(pending.evaluation)
+    local_metrics = [run.ledger.claim(local) for local in pending.local_evaluations]
+    run.observer.evaluated(pending.round_number, metrics)
+    row = pending.row | evaluation_columns(metrics, local_metrics)
+    run.records.write_round(row)
+    if pending.partition:
+        run.records.write_partition(pending.partition, local_metrics)
+    run.observer.round_finished(pending.round_number, row)
+    return row
+
+
+def unevaluated(run: RunContext, model: GlobalModel, resume: ResumePoint) -> PendingRound | None:
+    """The checkpointed round of a resumed run whose row was not written, evaluated anew.
+
+    A run stopped while that round's evaluation ran; the checkpoint holds the same model.
+    """
+    if any(int(row["round"]) == resume.round_number for row in read_rounds(run.run_dir)):
+        return None
+    row, partition = read_pending_row(run.run_dir, resume.round_number)
+    return PendingRound(resume.round_number, row, *evaluate(run, model), partition=partition)
 
 
 @dataclass

@@ -5,8 +5,9 @@ While a round runs, one line is rewritten in place (a carriage return, no newlin
     round   3/10  sites 2/4  elapsed 0.12s  ETA 0.10s (run 1.8s)
 
 It shows the sites whose train app returned out of the sites sampled, the round's elapsed time
-and, once a round has finished, an ETA from the median of the last rounds. The line is cleared
-before any other line is printed, so the round's normal progress line replaces it. It is meant
+and, once a round has finished, an ETA from the median of the last rounds. A round's status
+ends when its aggregate returns; its progress line follows once its evaluation is in, while the
+next round runs. The line is cleared before any other line is printed. It is meant
 for a terminal only: piped output keeps exactly one line per round.
 """
 
@@ -18,12 +19,12 @@ import statistics
 import threading
 import time
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from types import TracebackType
-from typing import Any, TextIO
+from typing import TextIO
 
 from proxyflox.controller.observer import RunObserver
-from proxyflox.messages import Evaluation
+from proxyflox.messages import AggregateResult
 
 #: The last rounds whose median predicts the next round's time.
 RECENT_ROUNDS = 5
@@ -98,21 +99,17 @@ class LiveStatus(RunObserver):
             self._returned += 1
             self._draw()
 
-    def evaluated(self, round_number: int, evaluation: Evaluation) -> None:
-        """End the round's status: its row is written next.
+    def aggregated(self, round_number: int, result: AggregateResult) -> None:
+        """End the round's status: its time (``round_seconds``) ends here.
 
-        Ending here, before the row's progress line is printed, keeps a redraw from slipping in
-        between that line and the end of the round.
+        Its time joins the recent rounds. The round's evaluation runs on, so its progress line
+        comes while the next round's status is shown, and replaces that until the next redraw.
         """
         with self._lock:
-            self._round = None
-            self._clear()
-
-    def round_finished(self, round_number: int, row: Mapping[str, Any]) -> None:
-        """The round's time (as its progress line shows it) joins the recent rounds."""
-        if "round_seconds" in row:  # an asynchronous run's versions have no round time
-            with self._lock:
-                self._recent.append(float(row["round_seconds"]))
+            if self._round == round_number:
+                self._recent.append(time.perf_counter() - self._started)
+                self._round = None
+                self._clear()
 
     # -- drawing (callers hold the lock) -----------------------------------------------------
 
