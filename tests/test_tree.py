@@ -253,13 +253,14 @@ def test_a_lost_group_aggregator_loses_its_sites_and_the_run_goes_on(tmp_path: P
     )  # fmt: skip
     wait_for_line(process, "round   1/3")
     run_dir = only_run_dir(tmp_path / "runs")
-    kill_worker_pool(run_dir, "lab-b")  # while round 2's sites train
+    # Round 1's row is written once round 2 is aggregated: this is while round 3's sites train.
+    kill_worker_pool(run_dir, "lab-b")
     _, stderr = process.communicate(timeout=300)
     assert process.returncode == 0, stderr
     rows = read_rounds(run_dir)
-    assert [row["site_ids"] for row in rows] == ["0 1 2 3", "0 1", "0 1"]
-    assert [row["failed_site_ids"] for row in rows[1:]] == ["2 3", "2 3"]
-    assert rows[1]["failures"].startswith("sites 2 3: group lab-b aggregator: ")
+    assert [row["site_ids"] for row in rows] == ["0 1 2 3", "0 1 2 3", "0 1"]
+    assert [row["failed_site_ids"] for row in rows] == ["", "", "2 3"]
+    assert rows[2]["failures"].startswith("sites 2 3: group lab-b aggregator: ")
 
 
 def test_default_experiment_reads_no_tree() -> None:
