@@ -366,6 +366,8 @@ def aggregate_updates(task: AggregateTask) -> AggregateResult:
     if task.checkpoint_dir is not None:
         write_checkpoint(task.checkpoint_dir, new_global, new_state)
     checkpoint_seconds = time.perf_counter() - checkpoint_start
+    if task.result_store_config is not None:
+        store = open_app_store(task.result_store_config)
     ref, put_seconds = put_weights(new_global, store, encoder)
     state_ref = None
     if new_state:

@@ -184,6 +184,9 @@ class AggregateTask:
     checkpoint_dir: str | None = None
     #: How the new global model is put: ``exact`` or ``fp16``.
     broadcast: str = "exact"
+    #: Where the result is put, where not into ``store_config`` (a group's partial goes to the
+    #: store its parent reads).
+    result_store_config: StoreConfig | None = None
 
 
 @dataclass(frozen=True, eq=False, slots=True)

@@ -41,6 +41,7 @@ from proxyflox.schema import (
 from proxyflox.stores import BACKENDS
 from proxyflox.stores.settings import StoreSettings
 from proxyflox.strategies import STRATEGIES, StrategySettings
+from proxyflox.tree import TreeSettings
 
 TRANSFER_MODES = ("proxy", "direct")
 
@@ -146,6 +147,8 @@ class ExperimentConfig(Settings):
     monitoring: Bool = False
     #: Executor label -> :class:`SiteOptions`; overrides what the Parsl config module sets.
     site_options: dict[Str, SiteOptions] = Field(default_factory=dict)
+    #: Groups of sites with an aggregator of their own (see the README); none: a flat run.
+    tree: TreeSettings = TreeSettings()
 
     @model_validator(mode="after")
     def _check_across_sections(self) -> ExperimentConfig:

@@ -17,6 +17,7 @@ from parsl.config import Config
 
 from proxyflox.errors import ConfigError, did_you_mean
 from proxyflox.settings import ExperimentConfig, SiteOptions, merge_site_options, site_options_from
+from proxyflox.tree import TreeSettings, tree_settings
 
 #: Where ``--config NAME`` looks when NAME is not a path.
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "parsl_configs"
@@ -49,6 +50,8 @@ class Deployment:
     parsl_config: Config
     path: Path
     site_options: dict[str, SiteOptions] = field(default_factory=dict)
+    #: The module's ``tree`` (groups of its executors), used where the experiment sets none.
+    tree: TreeSettings = field(default_factory=TreeSettings)
 
     def options_for(self, experiment: ExperimentConfig) -> dict[str, SiteOptions]:
         """Options of every executor: the module's, overridden by the experiment's ``site_options``.
@@ -106,7 +109,8 @@ def load_deployment(name: str) -> Deployment:
                 f"{path.name}: site_options names executor {label!r}, which the config does not "
                 f"have{did_you_mean(label, labels)}; labels: {', '.join(labels)}"
             )
-    return Deployment(config, path, options)
+    tree = tree_settings(getattr(module, "tree", {}), f"{path.name}: tree")
+    return Deployment(config, path, options, tree)
 
 
 def site_executor_labels(config: Config, aggregator: str) -> list[str]:

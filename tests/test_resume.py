@@ -90,17 +90,22 @@ def stopped(process: subprocess.Popen[str], run_dir: Path | None, cwd: Path) -> 
     return cwd / run_dir if not run_dir.is_absolute() else run_dir
 
 
+def straight_and_stopped(common: list[str], tmp_path: Path, round_number: int) -> tuple[Path, Path]:
+    """The run directories of a run straight through and of one killed after a round."""
+    straight = run_cli(*common, "--runs_dir", str(tmp_path / "straight"), cwd=tmp_path)
+    assert straight.returncode == 0, straight.stderr
+    straight_dir = only_run_dir(tmp_path / "straight")
+    runs = ["--runs_dir", str(tmp_path / "stopped")]
+    return straight_dir, kill_after_round([*common, *runs], tmp_path, round_number)
+
+
 @pytest.mark.parametrize(
     "config", ["local.py", pytest.param("local_htex.py", marks=pytest.mark.slow)]
 )
 def test_killed_and_resumed_run_equals_an_uninterrupted_one(tmp_path: Path, config: str) -> None:
     common = ["--config", config, "--rounds", "6", "--strategy.name", "fedadam",
               "--partition", "dirichlet", "--alpha", "0.5"]  # fmt: skip
-    straight = run_cli(*common, "--runs_dir", str(tmp_path / "straight"), cwd=tmp_path)
-    assert straight.returncode == 0, straight.stderr
-    straight_dir = only_run_dir(tmp_path / "straight")
-
-    stopped_dir = kill_after_round([*common, "--runs_dir", str(tmp_path / "stopped")], tmp_path, 3)
+    straight_dir, stopped_dir = straight_and_stopped(common, tmp_path, 3)
     # Round 3's row comes once round 4 has trained: round 4 may have been checkpointed as well.
     latest = (stopped_dir / "checkpoints" / "latest").read_text().strip()
     assert latest in ("round-0003", "round-0004")

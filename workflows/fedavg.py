@@ -184,6 +184,9 @@ def _main(argv: list[str] | None) -> int:
             )
         if experiment.transfer == "proxy":
             check_store(experiment.store)
+            for group in plan.tree.nodes() if plan.tree is not None else []:
+                if group.store is not None:  # a lab's own store
+                    check_store(group.store)
     except (ConfigError, StoreUnreachableError) as err:
         if args.debug:
             traceback.print_exc()

@@ -14,6 +14,7 @@ from proxyflox.controller.planner import Plan
 from proxyflox.controller.records import RunRecords
 from proxyflox.controller.runtime import AppBodies, ParslRuntime
 from proxyflox.controller.store import RunStore, no_store_evict
+from proxyflox.controller.tree import GroupStores
 from proxyflox.errors import RunStoppedError
 from proxyflox.settings import ExperimentConfig
 from proxyflox.sites import Deployment
@@ -45,6 +46,8 @@ class RunContext:
     records: RunRecords
     observer: RunObserver
     started: float = field(default_factory=time.perf_counter)
+    #: The stores of an aggregator tree's groups (``None``: a flat run).
+    group_stores: GroupStores | None = None
 
     def seconds(self) -> float:
         """Seconds since the run started (controller clock)."""
@@ -72,10 +75,18 @@ def open_run(
     store = RunStore(config.store, run_dir, warn) if config.transfer == "proxy" else None
     if store is not None:
         stack.callback(store.close)
-    ledger = ReferenceLedger(
-        store.evict if store is not None else no_store_evict,
-        lambda ref: key_of(ref) if store is not None else None,
+    groups = (
+        GroupStores(stack, plan.tree, config, store.config if store else None, run_dir, warn)
+        if plan.tree is not None
+        else None
     )
+    if groups is not None and groups.own and store is not None:  # keys of several stores
+        ledger = ReferenceLedger(groups.evict_from(store), groups.key_of)
+    else:
+        ledger = ReferenceLedger(
+            store.evict if store is not None else no_store_evict,
+            lambda ref: key_of(ref) if store is not None else None,
+        )
     stack.push(_close_ledger(ledger, warn))
     records = stack.enter_context(
         RunRecords(
@@ -97,7 +108,7 @@ def open_run(
             monitoring=config.monitoring,
         )
     )
-    return RunContext(config, plan, run_dir, runtime, ledger, records, observer, started)
+    return RunContext(config, plan, run_dir, runtime, ledger, records, observer, started, groups)
 
 
 def _close_ledger(ledger: ReferenceLedger, warn: Any) -> Any:

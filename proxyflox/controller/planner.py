@@ -18,7 +18,8 @@ from proxyflox.seeds import SAMPLING_STREAM, derive_seed
 from proxyflox.settings import ExperimentConfig, SiteOptions, merge_site_options, site_codec
 from proxyflox.sites import Deployment, site_executor_labels
 from proxyflox.stores import BACKENDS
-from proxyflox.strategies import Strategy
+from proxyflox.strategies import STRATEGIES, Strategy
+from proxyflox.tree import Tree, build_tree
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,8 @@ class Plan:
     clients_per_round: int | None = None
     fraction: float | None = None
     min_clients: int = 1
+    #: Groups with aggregators of their own (``None``: a flat run).
+    tree: Tree | None = None
 
     @property
     def site_labels(self) -> list[str]:
@@ -68,6 +71,11 @@ def plan_run(config: ExperimentConfig, deployment: Deployment) -> Plan:
         ConfigError: naming the setting that does not fit (one line).
     """
     site_labels = site_executor_labels(deployment.parsl_config, config.aggregator)
+    tree = plan_tree(config, deployment)
+    if tree is not None:  # a group's aggregator hosts no site
+        site_labels = [label for label in site_labels if label not in tree.aggregators()]
+        if not site_labels:
+            raise ConfigError("tree: every executor is an aggregator; no site executor is left")
     num_sites = config.sites or len(site_labels)
     if config.min_clients > num_sites:
         raise ConfigError(f"min_clients: {config.min_clients} is more than the {num_sites} sites")
@@ -83,6 +91,19 @@ def plan_run(config: ExperimentConfig, deployment: Deployment) -> Plan:
         clients_per_round=config.clients_per_round,
         fraction=config.fraction,
         min_clients=config.min_clients,
+        tree=tree,
+    )
+
+
+def plan_tree(config: ExperimentConfig, deployment: Deployment) -> Tree | None:
+    """The experiment's ``tree`` (or else the config module's), checked against its executors."""
+    from_experiment = bool(config.tree.groups)
+    return build_tree(
+        config.tree if from_experiment else deployment.tree,
+        [executor.label for executor in deployment.parsl_config.executors],
+        config.aggregator,
+        strategy=STRATEGIES[config.strategy.name],
+        where="tree" if from_experiment else f"{deployment.path.name}: tree",
     )
 
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import functools
 import time
 from collections.abc import Iterator
 from concurrent.futures import Future
@@ -46,6 +47,7 @@ from proxyflox.controller.records import (
     round_row,
     summarize_failures,
 )
+from proxyflox.controller.tree import tree_round
 from proxyflox.errors import RunStoppedError
 from proxyflox.messages import Evaluation, GlobalModel, Instructions, TrainResult
 from proxyflox.results import read_rounds
@@ -87,23 +89,21 @@ def run_rounds(
         start = time.perf_counter()
         sites = run.plan.sample(strategy, round_number)
         run.observer.round_started(round_number, sites)
-        trains = {
-            site: ledger.expect(
-                runtime.train(
-                    site,
-                    round_number,
-                    global_model,
-                    instructions,
-                    accepted.get(site) if feeds_back else None,
-                ),
-                uses=[global_model],
+        train = functools.partial(
+            submit_train, run, round_number, instructions, accepted if feeds_back else {}
+        )
+        # The previous round's records, while this round trains.
+        previous = functools.partial(mark, run, *unmarked) if unmarked else lambda: None
+        unmarked = None
+        if run.plan.tree is None:
+            trains = {site: train(site, global_model) for site in sites}
+            previous()
+            arrived = collect(run, round_number, trains, config.round_deadline)
+        else:
+            below = tree_round(
+                run, round_number, sites, global_model, train, previous, config.round_deadline
             )
-            for site in sites
-        }
-        if unmarked is not None:  # the previous round's records, while this round trains
-            mark(run, *unmarked)
-            unmarked = None
-        arrived = collect(run, round_number, trains, config.round_deadline)
+            arrived = Arrivals(below.updates, below.late, below.failed, [*below.inputs], below.held)
         if len(arrived.updates) < config.min_clients:
             if pending is not None:  # the previous round's row, before the run stops
                 yield finish(run, pending)
@@ -121,7 +121,7 @@ def run_rounds(
             runtime.aggregate(
                 strategy,
                 global_model,
-                arrived.updates,
+                arrived.consumed(),
                 save_path=run.run_dir / "model.pt" if last else None,
                 checkpoint_dir=checkpoint_dir(run.run_dir, round_number),
             )
@@ -150,7 +150,7 @@ def run_rounds(
         )
 
         # The old global model (with its strategy state) and the updates: nobody needs them now.
-        ledger.release(global_model, *arrived.updates)
+        ledger.release(global_model, *arrived.consumed(), *arrived.held)
         global_model = aggregate.model
         accepted.update((update.site, round_number) for update in arrived.updates)
         unmarked = (pending, arrived.updates)
@@ -160,6 +160,19 @@ def run_rounds(
         yield finish(run, pending)
     if feeds_back:  # done: no resume will read the sites' residuals
         concurrent.futures.wait(runtime.forget_site_state(instructions.run_key))
+
+
+def submit_train(
+    run: RunContext,
+    round_number: int,
+    instructions: Instructions,
+    accepted: dict[int, int],
+    site: int,
+    model: GlobalModel,
+) -> Future[TrainResult]:
+    """A site's train app from ``model``; ``accepted``: where its residual continues from."""
+    future = run.runtime.train(site, round_number, model, instructions, accepted.get(site))
+    return run.ledger.expect(future, uses=[model])
 
 
 def mark(run: RunContext, pending: PendingRound, updates: list[TrainResult]) -> None:
@@ -219,6 +232,15 @@ class Arrivals:
     late: list[int] = field(default_factory=list)
     #: Sites whose app failed (after Parsl's retries), with the reason.
     failed: dict[int, str] = field(default_factory=dict)
+    #: What the aggregate consumes, where not ``updates``: in a tree, the root's own sites'
+    #: updates and its groups' partials.
+    inputs: list[Any] | None = None
+    #: Records held until the round's aggregate is made (the groups' copies of the model).
+    held: list[Any] = field(default_factory=list)
+
+    def consumed(self) -> list[Any]:
+        """What the round's aggregate reads, held by the controller until it is made."""
+        return self.updates if self.inputs is None else self.inputs
 
 
 def collect(

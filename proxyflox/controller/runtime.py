@@ -33,7 +33,7 @@ from parsl.dataflow.dflow import DataFlowKernel
 from parsl.monitoring import MonitoringHub
 from proxystore.store.config import StoreConfig
 
-from proxyflox import apps
+from proxyflox import apps, partials
 from proxyflox.controller.planner import Plan
 from proxyflox.messages import (
     AggregateResult,
@@ -46,8 +46,10 @@ from proxyflox.messages import (
     TrainResult,
     UpdateRef,
 )
+from proxyflox.partials import Partial, RelayTask, group_strategy
 from proxyflox.stores import key_of
 from proxyflox.strategies import Strategy
+from proxyflox.tree import TreeNode
 
 #: How long the end of a run waits for apps still running (late sites) so that what they put
 #: can be evicted; what they put after that is left to the store directory's removal.
@@ -81,6 +83,8 @@ class AppBodies:
     evaluate: Callable[..., Any] = apps.evaluate_global
     evaluate_site: Callable[..., Any] = apps.evaluate_site
     forget_site_state: Callable[..., Any] = apps.forget_site_state
+    #: A tree's group aggregator putting the global model on its group's side.
+    relay: Callable[..., Any] = partials.relay_global_model
     #: Warms each executor's worker at the start (``None``: no priming).
     prime: Callable[..., Any] | None = apps.prime_worker
 
@@ -133,10 +137,15 @@ class ParslRuntime:
         self._evaluate_site = {
             label: python_app(bodies.evaluate_site, executors=[label]) for label in plan.site_labels
         }
+        groups = plan.tree.aggregators() if plan.tree is not None else []
+        self._aggregate_group = {
+            label: python_app(bodies.aggregate, executors=[label]) for label in groups
+        }
+        self._relay = {label: python_app(bodies.relay, executors=[label]) for label in groups}
         self._prime = (
             {
                 label: python_app(bodies.prime, executors=[label])
-                for label in [*plan.site_labels, plan.aggregator]
+                for label in [*plan.site_labels, plan.aggregator, *groups]
             }
             if bodies.prime is not None
             else {}
@@ -235,7 +244,7 @@ class ParslRuntime:
         self,
         strategy: Strategy,
         global_model: GlobalModel,
-        updates: Sequence[TrainResult],
+        updates: Sequence[TrainResult | Partial],
         *,
         staleness: Sequence[int] = (),
         bases: Sequence[GlobalModel | None] = (),
@@ -248,24 +257,12 @@ class ParslRuntime:
         ``bases``: per update, the global model its change is from where that is not
         ``global_model`` (stale asynchronous updates).
         """
-        bases = bases or [None] * len(updates)
         task = AggregateTask(
             strategy=strategy,
             global_weights=key_of(global_model.weights),
             dataset=global_model.dataset,
             state=key_of(global_model.state) if global_model.state is not None else None,
-            updates=tuple(
-                UpdateRef(
-                    key_of(update.update),
-                    update.num_samples,
-                    stale,
-                    update.change,
-                    key_of(base.weights) if base is not None else None,
-                )
-                for update, stale, base in zip(
-                    updates, staleness or [0] * len(updates), bases, strict=True
-                )
-            ),
+            updates=update_refs(updates, staleness, bases),
             store_config=self.store_config,
             proxystore_home=self.plan.setups[self.plan.aggregator].proxystore_home,
             save_path=str(save_path) if save_path else None,
@@ -273,6 +270,41 @@ class ParslRuntime:
             broadcast=self.broadcast,
         )
         return self._submit(self._aggregate(task))
+
+    def relay(
+        self, group: TreeNode, model: GlobalModel, store_config: StoreConfig | None
+    ) -> Future[GlobalModel]:
+        """A group's copy of ``model``, put into ``store_config`` by the group's aggregator."""
+        setup = self.plan.setups[group.aggregator]
+        task = RelayTask(store_config, setup.proxystore_home, self.broadcast)
+        return self._submit(self._relay[group.aggregator](task, model))
+
+    def aggregate_group(
+        self,
+        group: TreeNode,
+        model: GlobalModel,
+        children: Sequence[TrainResult | Partial],
+        store_config: StoreConfig | None,
+        result_store_config: StoreConfig | None,
+    ) -> Future[AggregateResult]:
+        """A group's partial, on its aggregator, from its children's updates and partials.
+
+        They are read from ``store_config`` (where the group's sites put theirs), ``model`` is
+        the group's copy of the global model there; the partial goes to ``result_store_config``.
+        """
+        task = AggregateTask(
+            strategy=group_strategy(children),
+            global_weights=key_of(model.weights),
+            dataset=model.dataset,
+            state=None,
+            updates=update_refs(children),
+            store_config=store_config,
+            proxystore_home=self.plan.setups[group.aggregator].proxystore_home,
+            result_store_config=result_store_config
+            if result_store_config != store_config
+            else None,
+        )
+        return self._submit(self._aggregate_group[group.aggregator](task))
 
     def evaluate(self, global_model: GlobalModel) -> Future[Evaluation]:
         """The global model on the global test set, on the aggregator."""
@@ -292,3 +324,26 @@ class ParslRuntime:
             for label in self.plan.site_labels
             if self.plan.setups[label].state_dir is not None
         ]
+
+
+def update_refs(
+    updates: Sequence[TrainResult | Partial],
+    staleness: Sequence[int] = (),
+    bases: Sequence[GlobalModel | None] = (),
+) -> tuple[UpdateRef, ...]:
+    """What an aggregate task reads of each update: its key, samples, staleness and base."""
+    return tuple(
+        UpdateRef(
+            key_of(update.update),
+            update.num_samples,
+            stale,
+            update.change,
+            key_of(base.weights) if base is not None else None,
+        )
+        for update, stale, base in zip(
+            updates,
+            staleness or [0] * len(updates),
+            bases or [None] * len(updates),
+            strict=True,
+        )
+    )
