@@ -48,6 +48,9 @@ class Strategy:
     #: The new global model is the sample-weighted mean of the sites' models, nothing else
     #: (so of changes, it is the global model plus their mean).
     averages_models: ClassVar[bool] = False
+    #: The rule needs every update of a round at once (a median, Krum's distances), so it
+    #: cannot stream them or aggregate a partial sum; synchronous only.
+    needs_every_update: ClassVar[bool] = False
 
     def configure_train(
         self, round_number: int, sites: Sequence[int], rng: np.random.Generator, count: int
