@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from proxyflox.attacks import poisoned
 from proxyflox.checkpoints import read_checkpoint, write_checkpoint
 from proxyflox.codecs import CodecSpec, UpdateEncoder, decode_weights
 from proxyflox.codecs import tally as codec_tally
@@ -235,7 +236,7 @@ def train_site(
     load_weights(model, received)
     codec = setup.compression
     delta = instructions.update_kind == "delta" or codec is not None  # codecs encode changes
-    if not delta:
+    if not delta and setup.attack is None:
         del received
     start = time.perf_counter()
     train_loss = train_local(
@@ -251,6 +252,8 @@ def train_site(
     )
     train_seconds = time.perf_counter() - start
     update = weights_of(model)
+    if setup.attack is not None:
+        update = poisoned(setup.attack, setup.attack_scale, update, received)
     if delta:
         update = {name: array - received[name] for name, array in update.items()}
         del received

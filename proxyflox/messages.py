@@ -75,6 +75,9 @@ class SiteSetup:
     compression: CodecSpec | None = None
     #: Where they keep their state between rounds (error-feedback residuals).
     state_dir: str | None = None
+    #: Experiments only: how these sites poison their updates (``None``: they do not).
+    attack: str | None = None
+    attack_scale: float = 1.0
 
 
 @dataclass(frozen=True, slots=True)

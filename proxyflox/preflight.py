@@ -6,11 +6,17 @@ They run before anything runs, and before a run directory exists.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from proxyflox.data import DATASETS
+from proxyflox.data import DATASETS, DatasetInfo
 from proxyflox.errors import ConfigError, require_extra, short_repr
 from proxyflox.settings import ExperimentConfig, SiteOptions
+from proxyflox.strategies import EveryUpdateStrategy, build_strategy
+
+if TYPE_CHECKING:
+    import torch
+
+MEGABYTE = 2**20
 
 
 def check_monitoring(config: ExperimentConfig) -> None:
@@ -90,16 +96,7 @@ def check_resume_checkpoint(
     Raises:
         ConfigError: one line naming the first difference.
     """
-    from proxyflox.models import build_model  # torch: only when resuming
-
-    info = DATASETS[config.dataset].info(data_dir)
-    model = build_model(
-        config.model,
-        info.input_shape,
-        info.num_classes,
-        depth=config.depth,
-        width_multiplier=config.width_multiplier,
-    )
+    model = _untrained_model(config, DATASETS[config.dataset].info(data_dir))
     expected = {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}
     found = {name: tuple(array.shape) for name, array in weights.items()}
     if expected == found:
@@ -116,4 +113,82 @@ def check_resume_checkpoint(
     raise ConfigError(
         f"{where}: the checkpoint holds the weights of another model than {config.model} "
         f"({len(found)} arrays against {len(expected)}; {detail})"
+    )
+
+
+def check_every_update_strategy(
+    config: ExperimentConfig, sites_per_round: int, data_dir: str | None
+) -> None:
+    """Check that a strategy holding every update at once can work and fits in memory.
+
+    Args:
+        config: The experiment.
+        sites_per_round: How many sites train in a round.
+        data_dir: The aggregator's ``data_dir`` (for ``folder``: its classes decide the model).
+
+    Raises:
+        ConfigError: too few updates per round for ``strategy.byzantine`` attackers (with the
+            sites sampled, or with as few as ``min_clients`` when some fail or are late), or an
+            aggregation that would need more than ``strategy.max_memory_mb``.
+    """
+    strategy = build_strategy(config.strategy)
+    if not isinstance(strategy, EveryUpdateStrategy):
+        return
+    problem = strategy.problem_with(sites_per_round)
+    if problem is not None:
+        key = "clients_per_round" if config.clients_per_round is not None else "sites"
+        key = "fraction" if config.fraction is not None else key
+        raise ConfigError(f"{key}: rounds of {sites_per_round} sites: {problem}")
+    if strategy.problem_with(config.min_clients) is not None:
+        fewest = next(
+            n
+            for n in range(config.min_clients, sites_per_round + 1)
+            if all(strategy.problem_with(m) is None for m in range(n, sites_per_round + 1))
+        )
+        raise ConfigError(
+            f"min_clients: a round may aggregate as few as min_clients={config.min_clients} "
+            f"updates, but {strategy.problem_with(config.min_clients)}; set min_clients to at "
+            f"least {fewest}"
+        )
+    model_bytes = _model_bytes(config, data_dir)
+    if model_bytes is None:
+        return
+    needed = strategy.aggregation_bytes(sites_per_round, model_bytes)
+    limit = config.strategy.max_memory_mb * MEGABYTE
+    if needed > limit:
+        raise ConfigError(
+            f"strategy.max_memory_mb: {strategy.name} holds all {sites_per_round} updates of a "
+            f"round at once, about {needed / MEGABYTE:.1f} MB for {config.model} "
+            f"({model_bytes / MEGABYTE:.2f} MB each), over the limit of "
+            f"{config.strategy.max_memory_mb:g} MB; sample fewer sites (clients_per_round) or "
+            "raise the limit"
+        )
+
+
+def _model_bytes(config: ExperimentConfig, data_dir: str | None) -> int | None:
+    """Bytes of the experiment's model; ``None`` where its dataset cannot be read here.
+
+    The model is built on torch's ``meta`` device: shapes without any memory.
+    """
+    import torch
+
+    try:
+        info = DATASETS[config.dataset].info(data_dir)
+    except (ConfigError, OSError):
+        return None  # each machine's own data (folder) that the controller does not have
+    with torch.device("meta"):
+        model = _untrained_model(config, info)
+    return sum(t.numel() * t.element_size() for t in model.state_dict().values())
+
+
+def _untrained_model(config: ExperimentConfig, info: DatasetInfo) -> torch.nn.Module:
+    """The experiment's architecture for the dataset's inputs and classes."""
+    from proxyflox.models import build_model  # torch: only for the checks that need a model
+
+    return build_model(
+        config.model,
+        info.input_shape,
+        info.num_classes,
+        depth=config.depth,
+        width_multiplier=config.width_multiplier,
     )

@@ -17,6 +17,7 @@ from typing import Annotated, Any
 import yaml
 from pydantic import AfterValidator, BaseModel, Field, model_validator
 
+from proxyflox.attacks import ATTACKS
 from proxyflox.codecs.settings import CodecSettings, CompressionSettings
 from proxyflox.data import DATASETS
 from proxyflox.data.partition import PARTITIONS
@@ -76,6 +77,10 @@ class SiteOptions(Settings):
     compression: Maybe[CodecSettings] = None
     #: Where this site keeps its own state between rounds (error-feedback residuals).
     state_dir: Maybe[Str] = None
+    #: Experiments only: this site poisons its updates (``sign_flip``, see ``attacks.py``).
+    attack: Maybe[Annotated[Str, one_of(ATTACKS)]] = None
+    #: How far a ``sign_flip`` attack pushes: ``received - attack_scale * change`` (default 1).
+    attack_scale: Maybe[Positive] = None
 
 
 class ExperimentConfig(Settings):

@@ -177,6 +177,38 @@ def test_fedbuff_applies_the_mean_change() -> None:
     assert FedBuff.asynchronous
 
 
+def stale_deltas() -> list[Update]:
+    """(1, 1) fresh from 1 sample and (-1, 3) three versions old from 3 samples; counters +3, +4."""
+    return [
+        Update({"w": f32(1.0, 1.0), "n": np.array(3)}, 1, staleness=0),
+        Update({"w": f32(-1.0, 3.0), "n": np.array(4)}, 3, staleness=3),
+    ]
+
+
+def test_fedbuff_scales_stale_changes_by_the_papers_rule() -> None:
+    start = {"w": f32(1.0, 2.0), "n": np.array(5)}
+    new, _ = FedBuff(buffer_size=2, server_lr=0.5).aggregate_train(start, stale_deltas(), 4, {})
+    # s(0) = 1, s(3) = 1/sqrt(4) = 1/2; plain mean over K = 2: ((1, 1) + (-0.5, 1.5)) / 2
+    # = (0.25, 1.25); w + 0.5 * that = (1.125, 2.625).
+    np.testing.assert_allclose(new["w"], f32(1.125, 2.625))
+    assert new["w"].dtype == np.float32
+    # The counter follows the newest update (5 + 4), not the initial model's 5.
+    assert int(new["n"]) == 9
+    assert new["n"].dtype == start["n"].dtype
+
+
+def test_fedbuff_without_scaling_keeps_the_sample_weighted_mean() -> None:
+    start = {"w": f32(1.0, 2.0), "n": np.array(5)}
+    strategy = FedBuff(buffer_size=2, server_lr=0.5, staleness_scaling="none")
+    new, _ = strategy.aggregate_train(start, stale_deltas(), 4, {})
+    # (1 * (1, 1) + 3 * (-1, 3)) / 4 = (-0.5, 2.5); w + 0.5 * that = (0.75, 3.25).
+    np.testing.assert_allclose(new["w"], f32(0.75, 3.25))
+    assert int(new["n"]) == 9
+    assert build_strategy(StrategySettings(name="fedbuff", staleness_scaling="none")) == FedBuff(
+        staleness_scaling="none"
+    )
+
+
 def test_client_sampling_is_seeded_and_sized() -> None:
     sites = list(range(10))
     draw = FedAvg().configure_train
@@ -202,6 +234,7 @@ def test_build_strategy_takes_the_settings_it_knows() -> None:
         ({"fraction": "0.5", "clients_per_round": "2"}, "set at most one of the two"),
         ({"strategy.beta2": "1"}, "strategy.beta2: must be in [0, 1)"),
         ({"strategy.staleness": "linear"}, "strategy.staleness: unknown value 'linear'"),
+        ({"strategy.staleness_scaling": "log"}, "strategy.staleness_scaling: unknown value"),
         ({"round_deadline": "0"}, "round_deadline: must be greater than 0"),
         ({"min_clients": "0"}, "min_clients: must be at least 1"),
     ],

@@ -1,10 +1,13 @@
 """The asynchronous controller (FedAsync, FedBuff): no rounds, driven by Parsl futures.
 
 Every site gets new work as soon as it returns an update, trained from the newest global model.
-Updates are aggregated as they arrive, every ``strategy.updates_per_aggregation`` of them; the
-strategy weighs each by its staleness (how many global versions were published since its site
-received the model it trained) as its own rule says. The run ends when ``max_updates`` updates
-arrived or ``max_seconds`` passed; updates still in flight then are dropped and evicted.
+Updates are aggregated as they arrive, every ``strategy.updates_per_aggregation`` of them. Each
+carries its staleness (how many global versions were published since its site received the
+model it trained), and the strategy's own rule decides what it does with it: FedAsync mixes a
+model in by ``alpha * S(staleness)``; FedBuff scales each change by ``1/sqrt(1 + staleness)``
+with ``staleness_scaling: sqrt`` and ignores staleness with ``none``. The run ends when
+``max_updates`` updates arrived or ``max_seconds`` passed; updates still in flight then are
+dropped and evicted.
 
 Outputs: ``updates.csv`` (every update: site, staleness, when), ``rounds.csv`` (one row per
 aggregation, i.e. per global version), ``model.pt`` (the newest global model, rewritten by

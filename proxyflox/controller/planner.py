@@ -13,7 +13,7 @@ import numpy as np
 
 from proxyflox.errors import ConfigError
 from proxyflox.messages import DataSpec, ModelSpec, SiteSetup
-from proxyflox.preflight import check_data_settings, check_monitoring
+from proxyflox.preflight import check_data_settings, check_every_update_strategy, check_monitoring
 from proxyflox.seeds import SAMPLING_STREAM, derive_seed
 from proxyflox.settings import ExperimentConfig, SiteOptions, merge_site_options, site_codec
 from proxyflox.sites import Deployment, site_executor_labels
@@ -48,20 +48,25 @@ class Plan:
         """What the executor of ``site`` is told."""
         return self.setups[self.placement[site]]
 
-    def sample(self, strategy: Strategy, round_number: int) -> list[int]:
-        """The sites that train in a round, chosen by the strategy.
+    @property
+    def sites_per_round(self) -> int:
+        """How many sites train in a round.
 
-        ``clients_per_round`` or ``fraction`` of all sites (at least ``min_clients``), drawn
-        from (seed, round).
+        ``clients_per_round`` or ``fraction`` of all sites (at least ``min_clients``).
         """
         count = self.num_sites
         if self.clients_per_round is not None:
             count = min(self.clients_per_round, self.num_sites)
         elif self.fraction is not None:
             count = max(1, round(self.fraction * self.num_sites))
-        count = max(count, min(self.min_clients, self.num_sites))
+        return max(count, min(self.min_clients, self.num_sites))
+
+    def sample(self, strategy: Strategy, round_number: int) -> list[int]:
+        """The ``sites_per_round`` sites that train in a round, drawn from (seed, round)."""
         rng = np.random.default_rng(derive_seed(self.seed, SAMPLING_STREAM, round_number))
-        return strategy.configure_train(round_number, list(range(self.num_sites)), rng, count)
+        return strategy.configure_train(
+            round_number, list(range(self.num_sites)), rng, self.sites_per_round
+        )
 
 
 def plan_run(config: ExperimentConfig, deployment: Deployment) -> Plan:
@@ -82,7 +87,7 @@ def plan_run(config: ExperimentConfig, deployment: Deployment) -> Plan:
     options = executor_options(config, deployment)
     check_data_settings(config, options, site_labels)
     check_monitoring(config)
-    return Plan(
+    plan = Plan(
         num_sites=num_sites,
         placement=tuple(site_labels[site % len(site_labels)] for site in range(num_sites)),
         aggregator=config.aggregator,
@@ -93,6 +98,9 @@ def plan_run(config: ExperimentConfig, deployment: Deployment) -> Plan:
         min_clients=config.min_clients,
         tree=tree,
     )
+    aggregator_data = options.get(config.aggregator, SiteOptions()).data_dir or config.data_dir
+    check_every_update_strategy(config, plan.sites_per_round, aggregator_data)
+    return plan
 
 
 def plan_tree(config: ExperimentConfig, deployment: Deployment) -> Tree | None:
@@ -138,6 +146,8 @@ def site_setup(config: ExperimentConfig, options: SiteOptions, num_sites: int) -
         proxystore_home=options.proxystore_home,
         compression=None if spec.exact else spec,
         state_dir=(options.state_dir or config.site_state_dir) if spec.feeds_back else None,
+        attack=options.attack,
+        attack_scale=options.attack_scale or 1.0,
     )
 
 

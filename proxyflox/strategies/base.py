@@ -48,8 +48,9 @@ class Strategy:
     #: The new global model is the sample-weighted mean of the sites' models, nothing else
     #: (so of changes, it is the global model plus their mean).
     averages_models: ClassVar[bool] = False
-    #: The server step reads each update on its own (robust aggregation), not only their mean:
-    #: such a strategy cannot run in an aggregator tree, whose groups send one mean each.
+    #: The rule needs every update of a round at once (a median, Krum's distances), so it
+    #: cannot stream them; synchronous only, and refused in an aggregator tree, whose groups
+    #: send one mean each.
     needs_every_update: ClassVar[bool] = False
 
     def configure_train(

@@ -8,9 +8,13 @@ from __future__ import annotations
 
 from typing import Annotated
 
+from pydantic import Field
+
 from proxyflox.schema import (
     Count,
     Decay,
+    Float,
+    Int,
     Maybe,
     NonNegative,
     Positive,
@@ -20,6 +24,7 @@ from proxyflox.schema import (
     one_of,
 )
 from proxyflox.strategies.fedasync import STALENESS_FUNCTIONS
+from proxyflox.strategies.fedbuff import STALENESS_SCALINGS
 
 
 class StrategySettings(Settings):
@@ -45,3 +50,15 @@ class StrategySettings(Settings):
     staleness_b: NonNegative = 4.0
     #: fedbuff: updates per aggregation.
     buffer_size: Count = 3
+    #: fedbuff: ``sqrt`` scales each change by ``1/sqrt(1 + staleness)`` and takes their plain
+    #: mean (the paper's rule); ``none``: the sample-weighted mean, unscaled.
+    staleness_scaling: Annotated[Str, one_of(STALENESS_SCALINGS)] = "sqrt"
+    #: fedmedian, fedtrimmedavg, krum, multikrum: attackers per round to withstand (f).
+    byzantine: Annotated[Int, Field(ge=0)] = 0
+    #: fedtrimmedavg: share of the updates dropped from each end of every entry.
+    trim_fraction: Annotated[Float, Field(ge=0, lt=0.5)] = 0.2
+    #: multikrum: how many of the lowest-scoring models are averaged (m); ``null``: n - byzantine.
+    keep: Maybe[Count] = None
+    #: fedmedian, fedtrimmedavg, krum, multikrum hold every update of a round at once: a
+    #: configuration whose aggregation would need more than this is refused before it runs.
+    max_memory_mb: Positive = 4096.0
