@@ -10,8 +10,8 @@ data channel per peer connection against four) it starts a relay and two endpoin
 both listen), the first peer ``get`` of a 1 KiB object (the peer connection's set-up: signalling
 through the relay and ICE), and the MB/s of a ``--mb`` MB object fetched from the other endpoint
 (median of ``--reps``). ``--profile DIR`` also runs both endpoints in the foreground under
-cProfile (ProxyStore's own entry point) during a ``--mb`` transfer and prints the top functions
-of each, by own time.
+cProfile (ProxyStore's own ``serve``, on asyncio's loop) during a ``--mb`` transfer and prints
+the top functions of each, by own time.
 """
 
 from __future__ import annotations
@@ -86,8 +86,15 @@ def measure(directory: Path, size_mb: int, reps: int, options: EndpointOptions) 
 
 PROFILED = """
 import cProfile, sys
-from proxystore.endpoint.cli import cli
-cProfile.run("cli(['start', sys.argv[1]], standalone_mode=False)", sys.argv[2])
+from proxystore.endpoint.config import read_config
+from proxystore.endpoint.serve import serve
+profiler = cProfile.Profile()
+profiler.enable()
+try:
+    serve(read_config(sys.argv[1]), use_uvloop=False)  # asyncio's loop: its frames profiled
+finally:
+    profiler.disable()
+    profiler.dump_stats(sys.argv[2])
 """
 
 
@@ -114,7 +121,7 @@ def profile(directory: Path, size_mb: int, out: Path) -> None:
             # Restarted in the foreground under the profiler (the detached one stopped first).
             endpoint_command(home, "stop", label)
             processes[label] = subprocess.Popen(
-                [sys.executable, "-c", PROFILED, label, str(out / f"{label}.prof")],
+                [sys.executable, "-c", PROFILED, str(home / label), str(out / f"{label}.prof")],
                 env={**os.environ, "PROXYSTORE_HOME": str(home)},
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             )  # fmt: skip

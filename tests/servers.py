@@ -63,9 +63,11 @@ def wait_for_redis(
             time.sleep(0.1)
 
 
-def redis_keys(port: int, password: str | None = None) -> list[bytes | str]:
+def redis_keys(
+    port: int, password: str | None = None, host: str = "127.0.0.1"
+) -> list[bytes | str]:
     """Every key the server holds."""
-    return list(redis.StrictRedis(host="127.0.0.1", port=port, password=password).keys("*"))
+    return list(redis.StrictRedis(host=host, port=port, password=password).keys("*"))
 
 
 @contextmanager

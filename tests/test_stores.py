@@ -3,7 +3,6 @@ fast when unreachable, and no secret anywhere."""
 
 from __future__ import annotations
 
-import csv
 import re
 import subprocess
 import sys
@@ -28,7 +27,7 @@ from proxyflox.stores.endpoint import EndpointBackend, read_endpoints_file, use_
 from proxyflox.stores.multi import routes_for
 from proxyflox.stores.redis import REDIS_PASSWORD_ENV
 from proxyflox.stores.settings import StoreSettings
-from tests.helpers import CLI, bare_env, only_run_dir, run_cli
+from tests.helpers import CLI, bare_env, only_run_dir, put_routes, run_cli
 from tests.servers import local_endpoints, redis_keys, redis_server
 
 HTEX_LABELS = ["site-0", "site-1", "site-2", "site-3", "aggregator"]
@@ -327,20 +326,6 @@ def test_an_impossible_route_stops_the_run_before_any_training(tmp_path: Path) -
     assert len(done.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "runs").exists()
     assert not (tmp_path / "wan").exists()
-
-
-def put_routes(run_dir: Path) -> dict[str, set[str]]:
-    """Executor label -> the connectors its processes put into (from the access log)."""
-    with open(run_dir / "sites.csv", newline="") as file:
-        executor_of = {row["pid"]: row["executor"] for row in csv.DictReader(file)}
-    puts: dict[str, set[str]] = {}
-    for line in (run_dir / "store-access.log").read_text().splitlines():
-        pid, op, key = line.split("\t")
-        if op == "put":
-            name = re.match(r"MultiKey\(connector_name='([^']+)'", key)
-            assert name is not None, key
-            puts.setdefault(executor_of.get(pid, "aggregator"), set()).add(name.group(1))
-    return puts
 
 
 @pytest.mark.slow
