@@ -203,7 +203,7 @@ def as_broadcast(weights: Weights, broadcast: str) -> tuple[Weights, UpdateEncod
 def init_global_model(task: InitTask) -> GlobalModel:
     """Aggregator: the initial global model (or a checkpoint's), put into the store."""
     setup = task.setup
-    enter_site(setup.proxystore_home)
+    enter_site(setup.proxystore_home, setup.store_route)
     info = dataset_info(setup.data.dataset, setup.data.data_dir)
     state: dict[str, np.ndarray] = {}
     if task.resume_from is None:
@@ -228,7 +228,7 @@ def train_site(
     accepted_round: int | None = None,
 ) -> TrainResult:
     """Site: resolve the global model, train on the site's own data, put the (encoded) update."""
-    enter_site(setup.proxystore_home)
+    enter_site(setup.proxystore_home, setup.store_route)
     torch.set_num_threads(setup.torch_threads)
     data = site_data(setup.data, site, info=global_model.dataset)
     received, resolve_seconds = resolve_weights(global_model.weights)
@@ -315,7 +315,7 @@ def _network_namespace() -> str:
 
 def aggregate_updates(task: AggregateTask) -> AggregateResult:
     """Aggregator: the strategy's new global model, resolving one update at a time."""
-    enter_site(task.proxystore_home)
+    enter_site(task.proxystore_home, task.store_route)
     store = open_app_store(task.store_config)
     resolve_seconds = 0.0
 
@@ -410,7 +410,7 @@ def evaluate_site(setup: SiteSetup, site: int, global_model: GlobalModel) -> Eva
 
 def _evaluate(setup: SiteSetup, global_model: GlobalModel, data: ArrayDataset) -> Evaluation:
     """Resolve the global model and measure it on ``data`` where this app runs."""
-    enter_site(setup.proxystore_home)
+    enter_site(setup.proxystore_home, setup.store_route)
     torch.set_num_threads(setup.torch_threads)
     weights, resolve_seconds = resolve_weights(global_model.weights)
     model = new_model(setup.model, global_model.dataset)

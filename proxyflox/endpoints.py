@@ -21,17 +21,28 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
 import yaml
-from proxystore.endpoint.config import read_config
+from proxystore.endpoint.config import (
+    EndpointConfig,
+    EndpointRelayConfig,
+    EndpointRelayICEServerConfig,
+    EndpointStorageConfig,
+    write_config,
+)
 
 from proxyflox.errors import ConfigError
 from proxyflox.sites import load_deployment
 from proxyflox.stores.endpoint import read_endpoints_file, relay_host_port
 
 BIN = Path(sys.executable).parent
+MIB = 2**20
+#: ``ice_servers`` that keep ProxyStore's default (public STUN servers, for peers behind NAT).
+PROXYSTORE_STUN = None
 ENDPOINTS_FILE = "endpoints.yaml"
 #: What ``up`` created in its directory; ``down`` removes that and nothing else.
 MANIFEST = "created-by-up.yaml"
@@ -77,30 +88,118 @@ def relay_command(host: str, port: int, log_dir: Path) -> list[str]:
             "--log-dir", str(log_dir)]  # fmt: skip
 
 
-def start_endpoint(home: Path, label: str, host: str, port: int, relay_address: str) -> str:
+@dataclass(frozen=True)
+class EndpointOptions:
+    """How ``up`` configures each endpoint.
+
+    Attributes:
+        max_object_size_mb: The largest object it holds, in MiB (``None``: ProxyStore's
+            100 MB); ProxyStore's clients send any size, the endpoint's config is the limit.
+        ice_servers: STUN/TURN URLs its peer connections gather candidates from. None (the
+            default) uses the hosts' own addresses only: all that endpoints reaching each other
+            directly need, and no peer connection waits on STUN servers out of reach.
+            :data:`PROXYSTORE_STUN` keeps ProxyStore's public ones (peers behind NAT).
+        peer_channels: Data channels per peer connection.
+    """
+
+    max_object_size_mb: int | None = None
+    ice_servers: tuple[str, ...] | None = ()
+    peer_channels: int = 1
+
+
+def configure_endpoint(
+    home: Path, label: str, host: str, port: int, relay_address: str, options: EndpointOptions
+) -> str:
+    """Write endpoint ``label``'s config into the ProxyStore home ``home``; return its UUID.
+
+    What ``proxystore-endpoint configure`` writes (static address, relay without
+    authentication, nothing persisted), written here: no interpreter started per endpoint, and
+    fields that command has no flag for.
+
+    Raises:
+        RuntimeError: an endpoint of that name is already configured there.
+    """
+    endpoint_dir = home / label
+    if endpoint_dir.exists():
+        raise RuntimeError(f"endpoint {label} is already configured in {home}")
+    storage = EndpointStorageConfig()
+    if options.max_object_size_mb is not None:
+        storage = EndpointStorageConfig(max_object_size=options.max_object_size_mb * MIB)
+    config = EndpointConfig(
+        name=label,
+        uuid=str(uuid.uuid4()),
+        host=host,
+        host_type="static",
+        port=port,
+        relay=EndpointRelayConfig(
+            address=relay_address,
+            peer_channels=options.peer_channels,
+            ice_servers=None
+            if options.ice_servers is PROXYSTORE_STUN
+            else [EndpointRelayICEServerConfig(urls=url) for url in options.ice_servers],
+        ),
+        storage=storage,
+    )
+    write_config(config, str(endpoint_dir))
+    return config.uuid
+
+
+def start_endpoints(homes: dict[str, Path], host: str, ports: dict[str, int]) -> None:
+    """Start configured endpoints (detached), all at once; return once every one listens.
+
+    Most of an endpoint's start is its interpreter importing ProxyStore: together they overlap.
+
+    Raises:
+        RuntimeError: one failed to start, or does not listen within 60 s.
+    """
+    starting = {
+        label: subprocess.Popen(
+            [str(BIN / "proxystore-endpoint"), "start", label, "--detach"],
+            env={**os.environ, "PROXYSTORE_HOME": str(home)},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for label, home in homes.items()
+    }
+    for label, process in starting.items():
+        _, errors = process.communicate()
+        if process.returncode != 0:
+            raise RuntimeError(f"starting endpoint {label} failed: {errors}")
+    for label in homes:
+        wait_for_port(host, ports[label], 60, f"endpoint {label}")
+
+
+def start_endpoint(
+    home: Path,
+    label: str,
+    host: str,
+    port: int,
+    relay_address: str,
+    options: EndpointOptions = EndpointOptions(),  # frozen: safe as a default
+) -> str:
     """Configure and start (detached) one endpoint; return its UUID once it listens.
 
     The endpoint ``label`` lives in the ProxyStore home ``home``, listens on ``host:port`` and
     joins the relay at ``relay_address``.
 
     Raises:
-        RuntimeError: configuring or starting it failed, or it does not listen within 30 s.
+        RuntimeError: configuring or starting it failed, or it does not listen within 60 s.
     """
-    configured = endpoint_command(
-        home, "configure", label, "--host", host, "--port", str(port),
-        "--relay-address", relay_address, "--no-relay-auth",
-    )  # fmt: skip
-    if configured.returncode != 0:
-        raise RuntimeError(f"configuring endpoint {label} failed: {configured.stderr}")
-    started = endpoint_command(home, "start", label, "--detach")
-    if started.returncode != 0:
-        raise RuntimeError(f"starting endpoint {label} failed: {started.stderr}")
-    wait_for_port(host, port, 30, f"endpoint {label}")
-    return str(read_config(str(home / label)).uuid)
+    endpoint_uuid = configure_endpoint(home, label, host, port, relay_address, options)
+    start_endpoints({label: home}, host, {label: port})
+    return endpoint_uuid
 
 
-def up(directory: Path, labels: list[str], host: str = "127.0.0.1") -> Path:
+def up(
+    directory: Path,
+    labels: list[str],
+    host: str = "127.0.0.1",
+    options: EndpointOptions = EndpointOptions(),  # frozen: safe as a default
+) -> Path:
     """Start a relay and one endpoint per label; return the endpoints file.
+
+    Each endpoint is configured by ``options``.
 
     Raises:
         RuntimeError: if something does not start, or ``directory`` cannot be used; whatever
@@ -132,11 +231,15 @@ def up(directory: Path, labels: list[str], host: str = "127.0.0.1") -> Path:
     relay_address = f"ws://{host}:{relay_port}"
     endpoints: dict[str, dict[str, str]] = {}
     try:
+        homes = {label: directory / label for label in labels}
+        ports = {label: free_port(host) for label in labels}
+        for label, home in homes.items():
+            endpoint_uuid = configure_endpoint(
+                home, label, host, ports[label], relay_address, options
+            )
+            endpoints[label] = {"uuid": endpoint_uuid, "home": str(home.resolve())}
         wait_for_port(host, relay_port, 30, "proxystore-relay")
-        for label in labels:
-            home = directory / label
-            uuid = start_endpoint(home, label, host, free_port(host), relay_address)
-            endpoints[label] = {"uuid": uuid, "home": str(home.resolve())}
+        start_endpoints(homes, host, ports)
     except BaseException:
         _stop(directory, manifest)
         _remove_created(directory, manifest)
@@ -231,6 +334,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sites", type=int, default=4, help="site-0 .. site-N-1 and aggregator")
     parser.add_argument("--config", help="one endpoint per executor of this Parsl config instead")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind and advertise")
+    parser.add_argument(
+        "--max-object-size-mb", type=int, metavar="MIB",
+        help="largest object an endpoint holds (default: ProxyStore's 100 MB); at least the "
+        "run's store.max_object_size_mb",
+    )  # fmt: skip
+    parser.add_argument(
+        "--stun", action="append", default=[], metavar="URL",
+        help="a STUN/TURN server for peers behind NAT (repeatable; default none: peers use "
+        "their own addresses, nothing waits on unreachable STUN servers)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--peer-channels", type=int, default=1, help="data channels per peer connection"
+    )
     args = parser.parse_args(argv)
     directory = Path(args.dir)
     try:
@@ -245,7 +361,14 @@ def main(argv: list[str] | None = None) -> int:
             if args.sites < 1:
                 raise ConfigError(f"--sites: must be at least 1, got {args.sites}")
             labels = [f"site-{i}" for i in range(args.sites)]
-        path = up(directory, [*labels, "aggregator"], host=args.host)
+        if args.max_object_size_mb is not None and args.max_object_size_mb < 1:
+            raise ConfigError(
+                f"--max-object-size-mb: must be at least 1, got {args.max_object_size_mb}"
+            )
+        if args.peer_channels < 1:
+            raise ConfigError(f"--peer-channels: must be at least 1, got {args.peer_channels}")
+        options = EndpointOptions(args.max_object_size_mb, tuple(args.stun), args.peer_channels)
+        path = up(directory, [*labels, "aggregator"], host=args.host, options=options)
     except (ConfigError, RuntimeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

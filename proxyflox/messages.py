@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 
     from proxyflox.codecs import CodecSpec
     from proxyflox.data.base import DatasetInfo
+    from proxyflox.stores.multi import StoreRoute
     from proxyflox.strategies import Strategy
 
 #: A proxy of weights, a store key, or (direct transfer) the arrays themselves.
@@ -71,6 +72,8 @@ class SiteSetup:
     device: str
     #: ProxyStore home of this executor's endpoint (``store.backend: endpoint``).
     proxystore_home: str | None = None
+    #: Where this executor puts and reads (``store.backend: multi``).
+    store_route: StoreRoute | None = None
     #: How the sites of this executor encode their updates (``None``: ProxyStore's serializer).
     compression: CodecSpec | None = None
     #: Where they keep their state between rounds (error-feedback residuals).
@@ -181,6 +184,7 @@ class AggregateTask:
     #: Where the updates are read and the new model is put (``None``: direct transfer).
     store_config: StoreConfig | None
     proxystore_home: str | None = None
+    store_route: StoreRoute | None = None
     #: Also write the new model there (the final ``model.pt``).
     save_path: str | None = None
     #: Also write the new model and the strategy state there (the round's checkpoint).

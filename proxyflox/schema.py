@@ -89,6 +89,18 @@ Float = Annotated[float, Strict(), _parsed(float)]
 Str = Annotated[str, Strict(), BeforeValidator(_number_as_text)]
 #: ``Maybe[Int]``: also ``None``, which a string "null", "none" or "" stands for.
 Maybe = Annotated[T | None, BeforeValidator(_null)]
+
+
+def _comma_separated(value: Any) -> Any:
+    return (
+        [name.strip() for name in value.split(",") if name.strip()]
+        if isinstance(value, str)
+        else value
+    )
+
+
+#: A list of names; a command line gives them as one comma-separated string (``lan,wan``).
+Names = Annotated[list[Str], BeforeValidator(_comma_separated)]
 #: The bounds most settings have.
 Count = Annotated[Int, Field(ge=1)]
 Positive = Annotated[Float, Field(gt=0)]

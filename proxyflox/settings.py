@@ -31,6 +31,7 @@ from proxyflox.schema import (
     Float,
     Int,
     Maybe,
+    Names,
     Positive,
     Settings,
     Share,
@@ -73,6 +74,11 @@ class SiteOptions(Settings):
     #: ProxyStore home of this site's endpoint (``store.backend: endpoint``); default: the
     #: site's own default home, where ``proxystore-endpoint configure`` puts endpoints.
     proxystore_home: Maybe[Str] = None
+    #: ``store.backend: multi``: the connector this executor puts into (default ``store.put``).
+    store_put: Maybe[Str] = None
+    #: ``store.backend: multi``: the connectors this executor can reach (default
+    #: ``store.read``); a comma-separated list on the command line.
+    store_read: Maybe[Names] = None
     #: This site's codec, key by key over the experiment's ``compression``.
     compression: Maybe[CodecSettings] = None
     #: Where this site keeps its own state between rounds (error-feedback residuals).
@@ -160,6 +166,11 @@ class ExperimentConfig(Settings):
         # The sections' names are checked here: their packages' registries import the sections.
         if self.store.backend not in BACKENDS:
             raise unknown_choice("store.backend", self.store.backend, BACKENDS)
+        for name, connector in self.store.connectors.items():
+            if connector.backend not in BACKENDS:
+                raise unknown_choice(
+                    f"store.connectors.{name}.backend", connector.backend, BACKENDS
+                )
         if self.strategy.name not in STRATEGIES:
             raise unknown_choice("strategy.name", self.strategy.name, STRATEGIES)
         if self.clients_per_round is not None and self.fraction is not None:
@@ -294,7 +305,8 @@ def overrides_from_args(args: argparse.Namespace, extra: Sequence[str] = ()) -> 
 
     Args:
         args: Parsed arguments (from a parser set up by :func:`add_override_options`).
-        extra: Leftover arguments; only ``--site_options.LABEL.KEY VALUE`` pairs are allowed.
+        extra: Leftover arguments; only ``--site_options.LABEL.KEY VALUE`` and
+            ``--store.connectors.NAME.KEY VALUE`` pairs are allowed.
     """
     overrides = {
         key.removeprefix("set:"): value
@@ -310,7 +322,9 @@ def overrides_from_args(args: argparse.Namespace, extra: Sequence[str] = ()) -> 
                 f"{name}: not a setting; a password is never given on the command line or in "
                 "a file: the Redis password is read from PROXYFLOX_REDIS_PASSWORD"
             )
-        if not name.startswith("--site_options.") or name.count(".") not in (2, 3):
+        per_label = name.startswith("--site_options.") and name.count(".") in (2, 3)
+        per_label |= name.startswith("--store.connectors.") and name.count(".") == 3
+        if not per_label:
             known = ["--" + n for n in option_names()]
             raise ConfigError(f"unknown option {short_repr(token)}{did_you_mean(name, known)}")
         if not has_value:

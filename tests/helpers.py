@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import csv
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -44,6 +46,23 @@ def only_run_dir(runs_dir: Path) -> Path:
     """The single run directory a test's run created."""
     (run_dir,) = list(runs_dir.iterdir())
     return run_dir
+
+
+def put_routes(run_dir: Path) -> dict[str, set[str]]:
+    """Executor label -> the connectors its processes put into (from the access log).
+
+    A process that trained no site (none of `sites.csv`'s pids) is the aggregator's.
+    """
+    with open(run_dir / "sites.csv", newline="") as file:
+        executor_of = {row["pid"]: row["executor"] for row in csv.DictReader(file)}
+    puts: dict[str, set[str]] = {}
+    for line in (run_dir / "store-access.log").read_text().splitlines():
+        pid, op, key = line.split("\t")
+        if op == "put":
+            name = re.match(r"MultiKey\(connector_name='([^']+)'", key)
+            assert name is not None, key
+            puts.setdefault(executor_of.get(pid, "aggregator"), set()).add(name.group(1))
+    return puts
 
 
 def experiment_model(config: Any) -> Any:

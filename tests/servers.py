@@ -15,7 +15,7 @@ from pathlib import Path
 
 import redis
 
-from proxyflox.endpoints import down, free_port, up
+from proxyflox.endpoints import EndpointOptions, down, free_port, up
 
 
 @contextmanager
@@ -63,15 +63,19 @@ def wait_for_redis(
             time.sleep(0.1)
 
 
-def redis_keys(port: int, password: str | None = None) -> list[bytes | str]:
+def redis_keys(
+    port: int, password: str | None = None, host: str = "127.0.0.1"
+) -> list[bytes | str]:
     """Every key the server holds."""
-    return list(redis.StrictRedis(host="127.0.0.1", port=port, password=password).keys("*"))
+    return list(redis.StrictRedis(host=host, port=port, password=password).keys("*"))
 
 
 @contextmanager
-def local_endpoints(directory: Path, labels: list[str]) -> Iterator[Path]:
+def local_endpoints(
+    directory: Path, labels: list[str], options: EndpointOptions | None = None
+) -> Iterator[Path]:
     """A relay and one endpoint per label on 127.0.0.1; yields the endpoints file."""
-    path = up(directory, labels)
+    path = up(directory, labels, options=options or EndpointOptions())
     try:
         yield path
     finally:

@@ -24,10 +24,11 @@ import yaml
 from proxyflox.errors import ConfigError
 from proxyflox.models import build_model
 from proxyflox.models.weights import weights_of
-from tests.helpers import ROOT, only_run_dir
+from tests.helpers import ROOT, only_run_dir, put_routes
 from tests.infra.common import running
 from tests.infra.netlab import NetLab, Traffic, load_topology, rate_bits, traffic_since
-from tests.infra.netns import port_open
+from tests.infra.netns import in_namespace, port_open
+from tests.servers import redis_keys
 
 pytestmark = pytest.mark.slow
 
@@ -296,3 +297,44 @@ def test_compressed_updates_and_an_fp16_broadcast_shrink_what_each_wifi_link_car
         assert moved.a_to_b < 0.2 * rounds * model, (i, moved)
         # Down: the global model at half precision.
         assert 0.5 * rounds * model < moved.b_to_a < 0.7 * rounds * model, (i, moved)
+
+
+def test_a_multi_store_in_t2_puts_each_site_s_objects_where_its_route_says(
+    tmp_path: Path, t2: NetLab
+) -> None:
+    rounds = 2
+    host, port = t2.start_redis()
+    endpoints_file = t2.start_endpoints()
+    done, traffic = t2.run_fedavg(
+        ["--runs_dir", str(tmp_path / "runs"), "--rounds", str(rounds), "--sites", "4",
+         "--store.backend", "multi", "--store.put", "lan", "--store.access_log", "true",
+         "--store.connectors.lan.backend", "redis", "--store.connectors.lan.host", host,
+         "--store.connectors.lan.port", str(port),
+         "--store.connectors.wan.backend", "endpoint",
+         "--store.connectors.wan.endpoints_file", str(endpoints_file),
+         "--site_options.site-2.store_put", "wan", "--site_options.site-3.store_put", "wan"],
+        tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    run_dir = only_run_dir(tmp_path / "runs")
+    assert put_routes(run_dir) == {
+        "aggregator": {"lan"}, "site-0": {"lan"}, "site-1": {"lan"},
+        "site-2": {"wan"}, "site-3": {"wan"},
+    }  # fmt: skip
+    assert in_namespace(t2.store.namespace, lambda: redis_keys(port, host=host)) == []
+    # Every get and put of a Redis key crosses the store host's link with a model; the updates
+    # of site-2 and site-3 go from their endpoints to the aggregator's, past it.
+    lines = (run_dir / "store-access.log").read_text().splitlines()
+    through_redis = [
+        line for line in lines if "connector_name='lan'" in line and "\tevict\t" not in line
+    ]
+    assert len(through_redis) < len([line for line in lines if "\tevict\t" not in line])
+    model = model_bytes()
+    store = traffic["store"].total
+    assert len(through_redis) * model < store < 1.1 * len(through_redis) * model, (
+        store / model,
+        len(through_redis),
+        traffic,
+    )
+    for i in (2, 3):  # their updates went up their own links, peer to peer
+        assert traffic[f"wifi-{i}"].a_to_b > rounds * model, (i, traffic[f"wifi-{i}"])

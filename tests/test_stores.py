@@ -8,17 +8,26 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import psutil
 import pytest
 import torch
 import yaml
 from proxystore.connectors.endpoint import EndpointConnector, EndpointKey
+from proxystore.proxy import get_factory
+from proxystore.store.base import Store
+from proxystore.store.utils import get_key
 
-from proxyflox.endpoints import MANIFEST
-from proxyflox.stores.endpoint import read_endpoints_file, use_proxystore_home
+from proxyflox.endpoints import MANIFEST, EndpointOptions
+from proxyflox.errors import ConfigError
+from proxyflox.stores import StoreRoute
+from proxyflox.stores.endpoint import EndpointBackend, read_endpoints_file, use_proxystore_home
+from proxyflox.stores.multi import routes_for
 from proxyflox.stores.redis import REDIS_PASSWORD_ENV
-from tests.helpers import CLI, bare_env, only_run_dir, run_cli
+from proxyflox.stores.settings import StoreSettings
+from tests.helpers import CLI, bare_env, only_run_dir, put_routes, run_cli
 from tests.servers import local_endpoints, redis_keys, redis_server
 
 HTEX_LABELS = ["site-0", "site-1", "site-2", "site-3", "aggregator"]
@@ -44,6 +53,17 @@ def put_keys(run_dir: Path) -> list[str]:
 def same_weights(a: Path, b: Path) -> bool:
     first, second = torch.load(a / "model.pt"), torch.load(b / "model.pt")
     return first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
+
+
+def endpoint_objects_left(endpoints_file: Path, keys: list[EndpointKey]) -> list[EndpointKey]:
+    """The keys whose objects an endpoint of the file still holds (asked from the controller's)."""
+    endpoints = read_endpoints_file(endpoints_file)
+    use_proxystore_home(endpoints.controller_home)
+    connector = EndpointConnector(endpoints.uuids)
+    try:
+        return [key for key in keys if connector.exists(key)]
+    finally:
+        connector.close()
 
 
 @pytest.fixture(scope="module")
@@ -89,14 +109,8 @@ def test_endpoint_store_gives_the_file_stores_weights_and_leaves_no_object(
     assert len(keys) == 1 + 2 * 5
     # Objects live on the endpoint of the process that put them: four sites and the aggregator.
     parsed = [EndpointKey(*re.findall(r"'([^']*)'", key)) for key in keys]
-    endpoints = read_endpoints_file(endpoints_file)
-    assert {key.endpoint_id for key in parsed} == set(endpoints.uuids)
-    use_proxystore_home(endpoints.controller_home)
-    connector = EndpointConnector(endpoints.uuids)
-    try:
-        assert not any(connector.exists(key) for key in parsed)
-    finally:
-        connector.close()
+    assert {key.endpoint_id for key in parsed} == set(read_endpoints_file(endpoints_file).uuids)
+    assert endpoint_objects_left(endpoints_file, parsed) == []
 
 
 def test_local_relay_and_endpoints_listen_on_loopback_only(endpoints_file: Path) -> None:
@@ -245,3 +259,126 @@ def test_a_password_typed_where_it_does_not_belong_is_never_echoed(
     assert "pw-secret-42" not in done.stdout + done.stderr
     assert "PROXYFLOX_REDIS_PASSWORD" in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
+
+
+# ----------------------------------------------------------------------------------------------
+# The multi store: a route per executor
+
+
+def multi_settings(**connectors: dict[str, Any]) -> StoreSettings:
+    return StoreSettings.model_validate(
+        {"backend": "multi", "connectors": connectors, "put": "lan"}
+    )
+
+
+def test_routes_put_where_each_executor_says_and_open_only_what_it_reads() -> None:
+    settings = multi_settings(
+        lan={"backend": "redis"}, shared={"backend": "file"}, wan={"backend": "file"}
+    )
+    routes = routes_for(
+        settings, ["site-0", "site-1", "site-2"], "aggregator",
+        put={"site-1": "shared", "site-2": "wan"}, read={"site-2": ["wan", "lan"]},
+    )  # fmt: skip
+    assert routes == {
+        "site-0": StoreRoute("lan", ("lan",)),
+        "site-1": StoreRoute("shared", ("lan", "shared")),
+        "site-2": StoreRoute("wan", ("lan", "wan")),
+        "aggregator": StoreRoute("lan", ("lan", "shared", "wan")),
+    }
+
+
+@pytest.mark.parametrize(
+    ("put", "read", "message"),
+    [
+        ({"site-1": "wan"}, {"site-1": ["wan"]},
+         "site_options.site-1.store_read: site-1 cannot read connector 'lan', where aggregator "
+         "puts the global model (site-1 reads wan)"),
+        ({"site-1": "wan"}, {"aggregator": ["lan"]},
+         "site_options.aggregator.store_read: aggregator cannot read connector 'wan', where "
+         "site-1 puts its updates (aggregator reads lan)"),
+        ({"site-0": "nowhere"}, {},
+         "site_options.site-0.store_put: no connector named 'nowhere' in store.connectors "
+         "(lan, wan)"),
+    ],
+)  # fmt: skip
+def test_a_route_whose_objects_a_reader_cannot_reach_is_refused(
+    put: dict[str, str], read: dict[str, list[str]], message: str
+) -> None:
+    settings = multi_settings(lan={"backend": "redis"}, wan={"backend": "file"})
+    with pytest.raises(ConfigError) as raised:
+        routes_for(settings, ["site-0", "site-1"], "aggregator", put=put, read=read)
+    assert str(raised.value) == message
+
+
+def test_an_impossible_route_stops_the_run_before_any_training(tmp_path: Path) -> None:
+    done = run_cli(
+        "--store.backend", "multi", "--store.put", "lan",
+        "--store.connectors.lan.backend", "file",
+        "--store.connectors.wan.backend", "file",
+        "--store.connectors.wan.directory", str(tmp_path / "wan"),
+        "--site_options.site-2.store_put", "wan", "--site_options.site-2.store_read", "wan",
+        "--runs_dir", str(tmp_path / "runs"), cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert done.stderr.startswith(
+        "error: site_options.site-2.store_read: site-2 cannot read connector 'lan'"
+    ), done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "runs").exists()
+    assert not (tmp_path / "wan").exists()
+
+
+@pytest.mark.slow
+def test_multi_store_gives_the_file_stores_weights_puts_by_route_and_leaves_nothing(
+    tmp_path: Path, file_run: Path, endpoints_file: Path
+) -> None:
+    shared = tmp_path / "shared"
+    with redis_server() as port:
+        run_dir = run_two_rounds(
+            tmp_path, "runs", "--store.backend", "multi", "--store.put", "lan",
+            "--store.connectors.lan.backend", "redis", "--store.connectors.lan.port", str(port),
+            "--store.connectors.shared.backend", "file",
+            "--store.connectors.shared.directory", str(shared),
+            "--store.connectors.wan.backend", "endpoint",
+            "--store.connectors.wan.endpoints_file", str(endpoints_file),
+            "--site_options.site-1.store_put", "shared",
+            "--site_options.site-2.store_put", "wan", "--site_options.site-3.store_put", "wan",
+            "--site_options.site-3.store_read", "wan,lan",
+        )  # fmt: skip
+        assert redis_keys(port) == []
+    assert same_weights(run_dir, file_run)
+    assert put_routes(run_dir) == {
+        "aggregator": {"lan"}, "site-0": {"lan"}, "site-1": {"shared"},
+        "site-2": {"wan"}, "site-3": {"wan"},
+    }  # fmt: skip
+    assert list(shared.iterdir()) == []
+    endpoint_keys = [
+        EndpointKey(*re.findall(r"EndpointKey\(object_id='([^']*)', endpoint_id='([^']*)'", key)[0])
+        for key in put_keys(run_dir)
+        if "EndpointKey" in key
+    ]
+    assert len(endpoint_keys) == 2 * 2  # two sites, two rounds
+    assert endpoint_objects_left(endpoints_file, endpoint_keys) == []
+
+
+def test_an_object_over_proxystore_s_default_limit_goes_through_an_endpoint(
+    tmp_path: Path,
+) -> None:
+    size = 120 * 10**6  # ProxyStore's default max_object_size is 100 MB
+    options = EndpointOptions(max_object_size_mb=128)
+    with local_endpoints(tmp_path / "eps", ["site-0"], options) as path:
+        endpoints = read_endpoints_file(path)
+        settings = StoreSettings(
+            backend="endpoint", endpoints_file=str(path), max_object_size_mb=128
+        )
+        EndpointBackend().check(settings)  # the endpoints are configured for it
+        with pytest.raises(ConfigError, match="holds objects up to 128 MiB"):
+            EndpointBackend().check(settings.model_copy(update={"max_object_size_mb": 200}))
+        connector = EndpointConnector(endpoints.uuids, proxystore_dir=endpoints.controller_home)
+        with Store("big", connector, cache_size=0, register=False) as store:
+            data = np.random.default_rng(0).integers(0, 255, size, dtype=np.uint8)
+            proxy = store.proxy(data, populate_target=False)
+            key = get_key(proxy)
+            assert np.array_equal(get_factory(proxy)(), data)
+            store.evict(key)
+            assert not store.exists(key)

@@ -17,7 +17,8 @@ from proxyflox.preflight import check_data_settings, check_every_update_strategy
 from proxyflox.seeds import SAMPLING_STREAM, derive_seed
 from proxyflox.settings import ExperimentConfig, SiteOptions, merge_site_options, site_codec
 from proxyflox.sites import Deployment, site_executor_labels
-from proxyflox.stores import BACKENDS
+from proxyflox.stores import BACKENDS, StoreRoute
+from proxyflox.stores.multi import routes_for
 from proxyflox.strategies import STRATEGIES, Strategy
 from proxyflox.tree import Tree, build_tree
 
@@ -87,11 +88,15 @@ def plan_run(config: ExperimentConfig, deployment: Deployment) -> Plan:
     options = executor_options(config, deployment)
     check_data_settings(config, options, site_labels)
     check_monitoring(config)
+    routes = store_routes(config, options, site_labels)
     plan = Plan(
         num_sites=num_sites,
         placement=tuple(site_labels[site % len(site_labels)] for site in range(num_sites)),
         aggregator=config.aggregator,
-        setups={label: site_setup(config, opts, num_sites) for label, opts in options.items()},
+        setups={
+            label: site_setup(config, opts, num_sites, routes.get(label))
+            for label, opts in options.items()
+        },
         seed=config.seed,
         clients_per_round=config.clients_per_round,
         fraction=config.fraction,
@@ -131,7 +136,39 @@ def executor_options(config: ExperimentConfig, deployment: Deployment) -> dict[s
     }
 
 
-def site_setup(config: ExperimentConfig, options: SiteOptions, num_sites: int) -> SiteSetup:
+def store_routes(
+    config: ExperimentConfig, options: Mapping[str, SiteOptions], site_labels: list[str]
+) -> dict[str, StoreRoute]:
+    """Each executor's route in a ``multi`` store (none for other stores), checked.
+
+    Raises:
+        ConfigError: a route some reader cannot follow, or one set for another backend.
+    """
+    if config.transfer == "proxy" and config.store.backend == "multi":
+        return routes_for(
+            config.store,
+            site_labels,
+            config.aggregator,
+            put={label: opts.store_put for label, opts in options.items()},
+            read={label: opts.store_read for label, opts in options.items()},
+        )
+    for label, opts in options.items():
+        key = "store_put" if opts.store_put is not None else "store_read"
+        if opts.store_put is not None or opts.store_read is not None:
+            raise ConfigError(
+                f"site_options.{label}.{key}: a route needs store.backend multi, not "
+                f"{config.store.backend}"
+                + (" (transfer: direct)" if config.transfer != "proxy" else "")
+            )
+    return {}
+
+
+def site_setup(
+    config: ExperimentConfig,
+    options: SiteOptions,
+    num_sites: int,
+    store_route: StoreRoute | None = None,
+) -> SiteSetup:
     """What one executor's apps need, its own options over the experiment's."""
     spec = site_codec(config.compression, options.compression).spec()
     return SiteSetup(
@@ -144,6 +181,7 @@ def site_setup(config: ExperimentConfig, options: SiteOptions, num_sites: int) -
         torch_threads=options.torch_threads or config.torch_threads,
         device=options.device or "cpu",
         proxystore_home=options.proxystore_home,
+        store_route=store_route,
         compression=None if spec.exact else spec,
         state_dir=(options.state_dir or config.site_state_dir) if spec.feeds_back else None,
         attack=options.attack,

@@ -265,6 +265,7 @@ class ParslRuntime:
             updates=update_refs(updates, staleness, bases),
             store_config=self.store_config,
             proxystore_home=self.plan.setups[self.plan.aggregator].proxystore_home,
+            store_route=self.plan.setups[self.plan.aggregator].store_route,
             save_path=str(save_path) if save_path else None,
             checkpoint_dir=str(checkpoint_dir) if checkpoint_dir else None,
             broadcast=self.broadcast,

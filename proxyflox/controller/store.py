@@ -15,8 +15,7 @@ from typing import Any
 from proxystore.store.config import StoreConfig
 
 from proxyflox.errors import RunStoppedError
-from proxyflox.stores import BACKENDS, open_store
-from proxyflox.stores.file import store_directory
+from proxyflox.stores import BACKENDS, file_store_directories, open_store
 from proxyflox.stores.settings import StoreSettings
 
 
@@ -58,13 +57,11 @@ class RunStore:
         off); in a given shared directory that is the run's subdirectory, nothing else.
         """
         self.store.close()
-        if self.settings.backend != "file":
-            return
-        directory = store_directory(self.settings, self.run_dir)
-        shutil.rmtree(directory, ignore_errors=True)
-        if directory.exists():
-            left = sum(1 for _ in directory.iterdir())
-            self.warn(f"warning: {left} object(s) of this run are left in {directory}")
+        for directory in file_store_directories(self.settings, self.run_dir):
+            shutil.rmtree(directory, ignore_errors=True)
+            if directory.exists():
+                left = sum(1 for _ in directory.iterdir())
+                self.warn(f"warning: {left} object(s) of this run are left in {directory}")
 
 
 def no_store_evict(keys: Sequence[Any]) -> None:

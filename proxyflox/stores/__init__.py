@@ -27,18 +27,21 @@ from proxyflox.errors import StoreUnreachableError
 from proxyflox.stores.access_log import AccessLogConnector
 from proxyflox.stores.backend import StoreBackend
 from proxyflox.stores.endpoint import EndpointBackend, use_proxystore_home
-from proxyflox.stores.file import FileBackend
+from proxyflox.stores.file import FileBackend, store_directory
+from proxyflox.stores.multi import MultiBackend, StoreRoute, use_store_route
 from proxyflox.stores.redis import RedisBackend
 from proxyflox.stores.settings import StoreSettings
 from proxyflox.weights import Weights
 
 __all__ = [
     "BACKENDS",
+    "StoreRoute",
     "StoreUnreachableError",
     "WeightsRef",
     "check_store",
     "enter_site",
     "evict_weights",
+    "file_store_directories",
     "key_of",
     "open_app_store",
     "open_store",
@@ -47,12 +50,14 @@ __all__ = [
     "store_of",
 ]
 
-#: ``store.backend`` name -> backend.
-BACKENDS: dict[str, StoreBackend] = {
+#: The backends a ``multi`` store's connectors are made of.
+SINGLE_BACKENDS: dict[str, StoreBackend] = {
     "file": FileBackend(),
     "redis": RedisBackend(),
     "endpoint": EndpointBackend(),
 }
+#: ``store.backend`` name -> backend.
+BACKENDS: dict[str, StoreBackend] = {**SINGLE_BACKENDS, "multi": MultiBackend(SINGLE_BACKENDS)}
 
 #: What apps exchange as "weights": a proxy or a bare store key (store transfer), or the arrays
 #: themselves (direct transfer).
@@ -83,9 +88,19 @@ def open_store(settings: StoreSettings, run_dir: Path, name: str) -> Store[Any]:
     return Store(name, connector, cache_size=0, populate_target=False, register=True)
 
 
-def enter_site(proxystore_home: str | None) -> None:
-    """Prepare this process for the store: this executor's endpoint home (call first in an app)."""
+def enter_site(proxystore_home: str | None, store_route: StoreRoute | None = None) -> None:
+    """Prepare this process for the store (call first in an app).
+
+    That is this executor's endpoint home and, in a ``multi`` store, its route.
+    """
     use_proxystore_home(proxystore_home)
+    use_store_route(store_route)
+
+
+def file_store_directories(settings: StoreSettings, run_dir: Path) -> list[Path]:
+    """The directories of the run's file stores: the store's own, or its file connectors'."""
+    parts = [settings] if settings.backend == "file" else list(settings.connectors.values())
+    return [store_directory(part, run_dir) for part in parts if part.backend == "file"]
 
 
 def open_app_store(store_config: StoreConfig | None) -> Store[Any] | None:

@@ -27,6 +27,7 @@ from uuid import UUID
 
 import yaml
 from proxystore.connectors.endpoint import EndpointConnector, EndpointConnectorError
+from proxystore.endpoint.config import get_configs
 
 from proxyflox.errors import ConfigError, StoreUnreachableError
 from proxyflox.stores.settings import StoreSettings
@@ -112,6 +113,8 @@ class EndpointBackend:
                 f"endpoint store: relay {endpoints.relay} is unreachable: {err.strerror or err}"
             ) from None
         self.connector(settings, Path()).close()
+        if settings.max_object_size_mb is not None:
+            check_object_size(endpoints, settings.max_object_size_mb)
 
     def connector(self, settings: StoreSettings, run_dir: Path) -> EndpointConnector:
         """A connector on every endpoint of the file, from the controller's ProxyStore home."""
@@ -139,6 +142,27 @@ class EndpointBackend:
             for label, info in endpoints.endpoints.items()
             if info.home
         }
+
+
+def check_object_size(endpoints: EndpointsFile, size_mb: int) -> None:
+    """Every endpoint whose home is on this machine holds objects of ``size_mb`` MiB.
+
+    An endpoint keeps the objects put through it; it refuses a larger one when it is put.
+    ProxyStore's clients send any size (in chunks): the endpoint's config is the one limit.
+
+    Raises:
+        ConfigError: naming the first endpoint configured smaller.
+    """
+    homes = [endpoints.controller_home, *(info.home for info in endpoints.endpoints.values())]
+    for home in dict.fromkeys(h for h in homes if h and Path(h).is_dir()):
+        for config in get_configs(home):
+            limit = config.storage.max_object_size
+            if limit is not None and limit < size_mb * 2**20:
+                raise ConfigError(
+                    f"store.max_object_size_mb: {size_mb} MiB, but endpoint {config.name} in "
+                    f"{home} holds objects up to {limit / 2**20:.0f} MiB (python -m "
+                    f"proxyflox.endpoints up --max-object-size-mb {size_mb})"
+                )
 
 
 def use_proxystore_home(home: str | None) -> None:

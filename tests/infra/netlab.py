@@ -529,10 +529,12 @@ class NetLab(ClosedOnExit):
 
         Each endpoint runs in its host's namespace, with its ProxyStore home under
         ``workdir/endpoints``: the sites' and the aggregator's by executor label, the
-        controller's as ``controller_home``.
+        controller's as ``controller_home``. Started once: a second call returns the same file.
         """
         store = self.store
         directory = self.workdir / "endpoints"
+        if (directory / "endpoints.yaml").exists():
+            return directory / "endpoints.yaml"
         directory.mkdir()
         relay = f"ws://{store.address}:{RELAY_PORT}"
         self.start(
