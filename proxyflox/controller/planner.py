@@ -18,7 +18,7 @@ from proxyflox.seeds import SAMPLING_STREAM, derive_seed
 from proxyflox.settings import ExperimentConfig, SiteOptions, merge_site_options, site_codec
 from proxyflox.sites import Deployment, site_executor_labels
 from proxyflox.stores import BACKENDS
-from proxyflox.strategies import Strategy
+from proxyflox.strategies import Strategy, build_strategy
 
 
 @dataclass(frozen=True)
@@ -51,14 +51,41 @@ class Plan:
         ``clients_per_round`` or ``fraction`` of all sites (at least ``min_clients``), drawn
         from (seed, round).
         """
+        rng = np.random.default_rng(derive_seed(self.seed, SAMPLING_STREAM, round_number))
+        sites = list(range(self.num_sites))
+        return strategy.configure_train(round_number, sites, rng, self.round_size)
+
+    @property
+    def round_size(self) -> int:
+        """How many sites a round samples."""
         count = self.num_sites
         if self.clients_per_round is not None:
             count = min(self.clients_per_round, self.num_sites)
         elif self.fraction is not None:
             count = max(1, round(self.fraction * self.num_sites))
-        count = max(count, min(self.min_clients, self.num_sites))
-        rng = np.random.default_rng(derive_seed(self.seed, SAMPLING_STREAM, round_number))
-        return strategy.configure_train(round_number, list(range(self.num_sites)), rng, count)
+        return max(count, min(self.min_clients, self.num_sites))
+
+    def strategy(self, config: ExperimentConfig) -> Strategy:
+        """The experiment's strategy, resolved for this run (its seed and sampling).
+
+        Raises:
+            ConfigError: if the strategy's settings cannot work for this run.
+        """
+        strategy = build_strategy(config.strategy).for_run(
+            seed=self.seed, num_sites=self.num_sites, clients_per_round=self.round_size
+        )
+        lossy = [
+            label
+            for label, setup in self.setups.items()
+            if setup.compression is not None and setup.compression.lossy
+        ]
+        if strategy.clips_updates and lossy:
+            raise ConfigError(
+                f"compression: {strategy.name} bounds each site's change by clip_norm, which a "
+                f"lossy codec (and its error feedback) would undo (executor {lossy[0]}); use "
+                "codec none (lossless zstd is fine)"
+            )
+        return strategy
 
 
 def plan_run(config: ExperimentConfig, deployment: Deployment) -> Plan:
@@ -74,7 +101,7 @@ def plan_run(config: ExperimentConfig, deployment: Deployment) -> Plan:
     options = executor_options(config, deployment)
     check_data_settings(config, options, site_labels)
     check_monitoring(config)
-    return Plan(
+    plan = Plan(
         num_sites=num_sites,
         placement=tuple(site_labels[site % len(site_labels)] for site in range(num_sites)),
         aggregator=config.aggregator,
@@ -84,6 +111,8 @@ def plan_run(config: ExperimentConfig, deployment: Deployment) -> Plan:
         fraction=config.fraction,
         min_clients=config.min_clients,
     )
+    plan.strategy(config)  # its checks, before a run directory exists
+    return plan
 
 
 def executor_options(config: ExperimentConfig, deployment: Deployment) -> dict[str, SiteOptions]:

@@ -28,7 +28,7 @@ import contextlib
 import time
 from collections.abc import Iterator
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from proxyflox.checkpoints import (
@@ -87,13 +87,16 @@ def run_rounds(
         start = time.perf_counter()
         sites = run.plan.sample(strategy, round_number)
         run.observer.round_started(round_number, sites)
+        # What follows the strategy state (dpfedavg's clip norm) comes with the global model.
+        started_from = global_model.state_scalars
+        told = replace(instructions, **strategy.round_instructions(started_from))
         trains = {
             site: ledger.expect(
                 runtime.train(
                     site,
                     round_number,
                     global_model,
-                    instructions,
+                    told,
                     accepted.get(site) if feeds_back else None,
                 ),
                 uses=[global_model],
@@ -142,7 +145,8 @@ def run_rounds(
                 arrived.failed,
                 aggregate,
                 round_seconds,
-            ),
+            )
+            | strategy.round_report(round_number, started_from),
             *evaluate(run, aggregate.model),
             partition=run.records.partition_rows("train", arrived.updates)
             if round_number == 1

@@ -261,6 +261,7 @@ class ParslRuntime:
                     stale,
                     update.change,
                     key_of(base.weights) if base is not None else None,
+                    update.unclipped,
                 )
                 for update, stale, base in zip(
                     updates, staleness or [0] * len(updates), bases, strict=True

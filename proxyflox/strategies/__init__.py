@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from proxyflox.strategies.base import ServerState, Strategy, Update, weighted_mean
+from proxyflox.strategies.base import ServerState, Strategy, Update, state_scalars, weighted_mean
+from proxyflox.strategies.dpfedavg import DPFedAvg
 from proxyflox.strategies.fedadagrad import FedAdagrad
 from proxyflox.strategies.fedadam import FedAdam
 from proxyflox.strategies.fedasync import FedAsync
@@ -17,6 +18,7 @@ from proxyflox.strategies.settings import StrategySettings
 
 __all__ = [
     "STRATEGIES",
+    "DPFedAvg",
     "FedAdagrad",
     "FedAdam",
     "FedAsync",
@@ -30,6 +32,7 @@ __all__ = [
     "StrategySettings",
     "Update",
     "build_strategy",
+    "state_scalars",
     "weighted_mean",
 ]
 
@@ -37,7 +40,7 @@ __all__ = [
 #: ones say so by their class attribute ``asynchronous``.
 STRATEGIES: dict[str, type[Strategy]] = {
     cls.name: cls
-    for cls in (FedAvg, FedProx, FedAvgM, FedAdam, FedYogi, FedAdagrad, FedAsync, FedBuff)
+    for cls in (FedAvg, FedProx, FedAvgM, FedAdam, FedYogi, FedAdagrad, FedAsync, FedBuff, DPFedAvg)
 }
 
 
