@@ -119,10 +119,15 @@ def check_accountant() -> None:
 def _quiet_absl() -> Iterator[None]:
     # The accountant logs a warning for each fractional order whose series does not converge
     # and leaves that order out; the bound is still valid, the warnings would flood the run.
-    logger = logging.getLogger("absl")
+    # absl also calls logging.basicConfig() on its first message where the root logger has no
+    # handler, which would print every library's DEBUG records (Parsl's) from then on.
+    logger, root = logging.getLogger("absl"), logging.getLogger()
     level = logger.level
+    placeholder = logging.NullHandler()
     logger.setLevel(logging.ERROR)
+    root.addHandler(placeholder)
     try:
         yield
     finally:
+        root.removeHandler(placeholder)
         logger.setLevel(level)

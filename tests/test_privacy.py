@@ -4,6 +4,7 @@ against the library's own; a real run whose epsilon grows and resumes bit for bi
 from __future__ import annotations
 
 import math
+import subprocess
 import sys
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from proxyflox.privacy import adjusted_noise_multiplier, clip_change, epsilon, l
 from proxyflox.results import read_rounds
 from proxyflox.settings import load_experiment
 from proxyflox.strategies import DPFedAvg, Update, build_strategy
-from tests.helpers import DEFAULT_EXPERIMENT, experiment_setup, only_run_dir, run_cli
+from tests.helpers import DEFAULT_EXPERIMENT, ROOT, experiment_setup, only_run_dir, run_cli
 from tests.test_resume import comparable, kill_after_round, same_results
 
 
@@ -180,6 +181,22 @@ def test_epsilon_without_sampling_is_the_gaussian_mechanisms_by_hand() -> None:
     assert epsilon(z, 1.0, rounds, delta) == pytest.approx(by_hand.min(), rel=1e-6)
     assert epsilon(z, 1.0, rounds, delta) == pytest.approx(19.05, abs=0.01)
     assert epsilon(0.0, 1.0, 1, delta) == math.inf  # no noise, no privacy
+
+
+def test_the_accountant_prints_nothing_and_leaves_logging_unconfigured() -> None:
+    # With q < 1 the accountant drops fractional orders whose series do not converge, warning
+    # through absl, whose first message would also install a root handler (logging.basicConfig)
+    # that prints every library's DEBUG records from then on.
+    probe = (
+        "import logging; from proxyflox.privacy import epsilon; "
+        "print(epsilon(1.0, 0.37, 5, 1e-5)); assert not logging.getLogger().handlers"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, cwd=ROOT
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""
+    assert float(done.stdout) > 0
 
 
 def test_a_site_clips_its_change_before_it_leaves_and_the_aggregate_app_passes_its_bit() -> None:
