@@ -43,9 +43,10 @@ from proxyflox.messages import (
 )
 from proxyflox.models import build_model
 from proxyflox.models.weights import load_weights, save_weights, weights_of
+from proxyflox.privacy import clip_change
 from proxyflox.seeds import CODEC_STREAM, INIT_STREAM, PARTITION_STREAM, SHUFFLE_STREAM, derive_seed
 from proxyflox.stores import enter_site, open_app_store, put_weights, resolve_weights, store_of
-from proxyflox.strategies import Update
+from proxyflox.strategies import Update, state_scalars
 from proxyflox.training import evaluate, train_local
 from proxyflox.weights import Weights, weights_nbytes
 
@@ -216,6 +217,7 @@ def init_global_model(task: InitTask) -> GlobalModel:
         weights=put_weights(weights, store, encoder)[0],
         dataset=info,
         state=put_weights(state, store)[0] if state else None,
+        state_scalars=state_scalars(state),
     )
 
 
@@ -257,6 +259,9 @@ def train_site(
     if delta:
         update = {name: array - received[name] for name, array in update.items()}
         del received
+    unclipped = None
+    if instructions.clip_norm is not None:  # before the change leaves the site (dpfedavg)
+        update, unclipped = clip_change(update, instructions.clip_norm)
     residuals = None
     if codec is not None and codec.feeds_back and setup.state_dir is not None:
         residuals = Residuals(setup.state_dir, instructions.run_key, site)
@@ -292,6 +297,7 @@ def train_site(
         sent_bytes=sent.encoded_bytes if store is not None else raw_bytes,  # direct: the arrays
         raw_bytes=raw_bytes,
         encode_seconds=sent.encode_seconds,
+        unclipped=unclipped,
     )
 
 
@@ -345,7 +351,7 @@ def aggregate_updates(task: AggregateTask) -> AggregateResult:
                 for name, array in weights.items():
                     array += base[name]  # in place: one update's arrays at a time
                 del base
-            yield Update(weights, update.num_samples, update.staleness)
+            yield Update(weights, update.num_samples, update.staleness, update.unclipped)
             del weights  # before the next fetch: one update's arrays alive at a time
 
     with codec_tally() as decoded:
@@ -377,7 +383,7 @@ def aggregate_updates(task: AggregateTask) -> AggregateResult:
         state_ref, state_put_seconds = put_weights(new_state, store)
         put_seconds += state_put_seconds
     return AggregateResult(
-        model=GlobalModel(weights=ref, dataset=task.dataset, state=state_ref),
+        model=GlobalModel(ref, task.dataset, state_ref, state_scalars(new_state)),
         model_bytes=weights_nbytes(new_global),
         num_updates=len(task.updates),
         aggregate_seconds=aggregate_seconds,

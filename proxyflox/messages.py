@@ -14,7 +14,7 @@ their names, which keeps what Parsl ships per task small (a train task is under 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -93,6 +93,8 @@ class Instructions:
     update_kind: str = "weights"
     #: Names the run where sites keep state of their own (its directory's name).
     run_key: str = ""
+    #: Clip the change to this L2 norm before it leaves the site (dpfedavg; ``None``: don't).
+    clip_norm: float | None = None
 
 
 @dataclass(frozen=True, eq=False, slots=True)
@@ -105,6 +107,8 @@ class GlobalModel:
     dataset: DatasetInfo
     #: The strategy's state (server momentum, moments) stored beside it, if it has any.
     state: WeightsRef | None = None
+    #: The state's single numbers (dpfedavg's clip norm), which the controller reads.
+    state_scalars: dict[str, float] = field(default_factory=dict)
 
     def refs(self) -> Iterator[WeightsRef]:
         """The stored objects this record refers to."""
@@ -141,6 +145,8 @@ class TrainResult:
     sent_bytes: int = 0
     raw_bytes: int = 0
     encode_seconds: float = 0.0
+    #: The change was within ``Instructions.clip_norm`` (``None``: not clipped).
+    unclipped: bool | None = None
 
     def refs(self) -> Iterator[WeightsRef]:
         """The stored objects this record refers to."""
@@ -159,6 +165,8 @@ class UpdateRef:
     change: bool = False
     #: That model, where it is not the task's global model (a stale asynchronous update).
     base: WeightsRef | None = None
+    #: The site's change was within its clip norm (``None``: the site did not clip).
+    unclipped: bool | None = None
 
 
 @dataclass(frozen=True, slots=True)

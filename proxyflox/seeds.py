@@ -10,6 +10,8 @@ import numpy as np
 
 #: Stream ids, so that each use of the seed draws independent numbers.
 PARTITION_STREAM, INIT_STREAM, SHUFFLE_STREAM, SAMPLING_STREAM, CODEC_STREAM = 1, 2, 3, 4, 5
+#: dpfedavg's noise on the aggregate (and on the count of unclipped sites).
+PRIVACY_STREAM = 6
 
 
 def derive_seed(seed: int, *parts: int) -> int:

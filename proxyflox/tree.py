@@ -176,7 +176,8 @@ def check_tree_strategy(strategy: Any) -> None:
     """Trees combine partial means: refuse strategies that cannot work on those.
 
     Raises:
-        ConfigError: for an asynchronous strategy, or one that needs every update at the root.
+        ConfigError: for an asynchronous strategy, one that needs every update at the root, or
+            a private one (its clipped changes are weighed equally and noised at the root).
     """
     if strategy.asynchronous:
         raise ConfigError(
@@ -188,6 +189,12 @@ def check_tree_strategy(strategy: Any) -> None:
         raise ConfigError(
             f"tree: strategy {strategy.name} needs every site's update at the root, while a "
             "group sends one combined update; use a flat run (no tree.groups)"
+        )
+    if strategy.clips_updates:
+        raise ConfigError(
+            f"tree: strategy {strategy.name} bounds each site's share of the mean by weighing "
+            "sites equally and noising their sum at the root, while a group sends a "
+            "sample-weighted mean; use a flat run (no tree.groups)"
         )
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import textwrap
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import pytest
 import torch
@@ -19,7 +19,7 @@ from proxyflox.errors import ConfigError
 from proxyflox.results import read_rounds
 from proxyflox.settings import experiment_from_dict, load_experiment
 from proxyflox.sites import load_deployment
-from proxyflox.strategies import FedAsync, FedAvg
+from proxyflox.strategies import STRATEGIES, FedAsync
 from proxyflox.tree import TreeSettings, build_tree
 from tests.helpers import DEFAULT_EXPERIMENT, only_run_dir, run_cli
 from tests.servers import redis_keys, redis_server
@@ -134,22 +134,22 @@ def test_a_bad_tree_is_one_line_naming_the_group(
     assert "\n" not in str(caught.value)
 
 
-class NeedsEveryUpdate(FedAvg):
-    """A robust strategy's trait: its server step reads each update, not only their mean."""
-
-    name: ClassVar[str] = "median"
-    needs_every_update: ClassVar[bool] = True
+@pytest.mark.parametrize("robust", ["fedmedian", "fedtrimmedavg", "krum", "multikrum"])
+def test_robust_strategies_are_refused_in_a_tree(robust: str) -> None:
+    tree = TreeSettings.model_validate({"groups": TWO_LABS})
+    with pytest.raises(ConfigError, match=rf"^tree: strategy {robust} needs every site's update"):
+        build_tree(tree, LABELS, "aggregator", strategy=STRATEGIES[robust])
 
 
 def test_strategies_that_cannot_take_partials_are_refused_in_a_tree(tmp_path: Path) -> None:
     tree = TreeSettings.model_validate({"groups": TWO_LABS})
-    with pytest.raises(ConfigError, match=r"^tree: strategy median needs every site's update"):
-        build_tree(tree, LABELS, "aggregator", strategy=NeedsEveryUpdate)
+    with pytest.raises(ConfigError, match=r"^tree: strategy dpfedavg bounds each site's share"):
+        build_tree(tree, LABELS, "aggregator", strategy=STRATEGIES["dpfedavg"])
     with pytest.raises(ConfigError, match=r"^tree: strategy fedasync is asynchronous: it applies"):
         build_tree(tree, LABELS, "aggregator", strategy=FedAsync)
     with pytest.raises(ConfigError, match=r"^tree: strategy fedbuff is asynchronous"):
         plan_for(TWO_LABS, tmp_path, strategy={"name": "fedbuff"}, max_updates=4)
-    assert build_tree(TreeSettings(), LABELS, "aggregator", strategy=NeedsEveryUpdate) is None
+    assert build_tree(TreeSettings(), LABELS, "aggregator", strategy=STRATEGIES["krum"]) is None
 
 
 # -- runs ----------------------------------------------------------------------------------------

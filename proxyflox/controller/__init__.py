@@ -20,7 +20,6 @@ from proxyflox.controller.runtime import AppBodies
 from proxyflox.errors import RunStoppedError, require_extra
 from proxyflox.settings import ExperimentConfig
 from proxyflox.sites import Deployment
-from proxyflox.strategies import build_strategy
 
 __all__ = [
     "AppBodies",
@@ -64,7 +63,7 @@ def run_federation(
         RunStoppedError: when a round ends with fewer than ``min_clients`` updates.
     """
     plan = plan or plan_run(config, deployment)
-    strategy = build_strategy(config.strategy)
+    strategy = plan.strategy(config)
     watchers = ObserverList(
         [ProgressLines(progress, config.rounds), *([observer] if observer else [])]
     )
@@ -79,6 +78,7 @@ def run_federation(
             watchers,
             progress,
             asynchronous=strategy.asynchronous,
+            report_columns=strategy.report_columns,
             bodies=bodies,
         )
         rows = (

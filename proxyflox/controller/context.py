@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,6 +65,7 @@ def open_run(
     warn: Any,
     *,
     asynchronous: bool,
+    report_columns: Sequence[str] = (),
     bodies: AppBodies | None = None,
 ) -> RunContext:
     """Open the store, the ledger, the records and Parsl on ``stack``.
@@ -94,6 +96,7 @@ def open_run(
             plan.placement,
             asynchronous=asynchronous,
             evaluate_sites=config.evaluate_sites,
+            report_columns=report_columns,
         )
     )
     runtime = stack.enter_context(

@@ -19,7 +19,7 @@ from proxyflox.settings import ExperimentConfig, SiteOptions, merge_site_options
 from proxyflox.sites import Deployment, site_executor_labels
 from proxyflox.stores import BACKENDS, StoreRoute
 from proxyflox.stores.multi import routes_for
-from proxyflox.strategies import STRATEGIES, Strategy
+from proxyflox.strategies import STRATEGIES, Strategy, build_strategy
 from proxyflox.tree import Tree, build_tree
 
 
@@ -69,6 +69,28 @@ class Plan:
             round_number, list(range(self.num_sites)), rng, self.sites_per_round
         )
 
+    def strategy(self, config: ExperimentConfig) -> Strategy:
+        """The experiment's strategy, resolved for this run (its seed and sampling).
+
+        Raises:
+            ConfigError: if the strategy's settings cannot work for this run.
+        """
+        strategy = build_strategy(config.strategy).for_run(
+            seed=self.seed, num_sites=self.num_sites, clients_per_round=self.sites_per_round
+        )
+        lossy = [
+            label
+            for label, setup in self.setups.items()
+            if setup.compression is not None and setup.compression.lossy
+        ]
+        if strategy.clips_updates and lossy:
+            raise ConfigError(
+                f"compression: {strategy.name} bounds each site's change by clip_norm, which a "
+                f"lossy codec (and its error feedback) would undo (executor {lossy[0]}); use "
+                "codec none (lossless zstd is fine)"
+            )
+        return strategy
+
 
 def plan_run(config: ExperimentConfig, deployment: Deployment) -> Plan:
     """Check the experiment against the Parsl config and place its sites.
@@ -105,6 +127,7 @@ def plan_run(config: ExperimentConfig, deployment: Deployment) -> Plan:
     )
     aggregator_data = options.get(config.aggregator, SiteOptions()).data_dir or config.data_dir
     check_every_update_strategy(config, plan.sites_per_round, aggregator_data)
+    plan.strategy(config)  # its checks, before a run directory exists
     return plan
 
 

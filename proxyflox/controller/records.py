@@ -33,6 +33,7 @@ class RunRecords:
         placement: Executor label of each site.
         asynchronous: One row per global version and an ``updates.csv`` instead of rounds.
         evaluate_sites: ``rounds.csv`` has each site's local accuracy and loss.
+        report_columns: The strategy's own columns of ``rounds.csv`` (dpfedavg's epsilon).
     """
 
     def __init__(
@@ -42,12 +43,13 @@ class RunRecords:
         *,
         asynchronous: bool = False,
         evaluate_sites: bool = False,
+        report_columns: Sequence[str] = (),
     ) -> None:
         self.run_dir = run_dir
         self.placement = placement
         columns = (
             ASYNC_ROUND_COLUMNS if asynchronous else round_columns(len(placement), evaluate_sites)
-        )
+        ) + list(report_columns)
         self.rounds = CsvLog(run_dir / "rounds.csv", columns)
         self.sites = CsvLog(run_dir / "sites.csv", SITE_COLUMNS)
         self.updates = CsvLog(run_dir / "updates.csv", UPDATE_COLUMNS) if asynchronous else None

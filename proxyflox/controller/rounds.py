@@ -29,7 +29,7 @@ import functools
 import time
 from collections.abc import Iterator
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from proxyflox.checkpoints import (
@@ -89,8 +89,11 @@ def run_rounds(
         start = time.perf_counter()
         sites = run.plan.sample(strategy, round_number)
         run.observer.round_started(round_number, sites)
+        # What follows the strategy state (dpfedavg's clip norm) comes with the global model.
+        started_from = global_model.state_scalars
+        told = replace(instructions, **strategy.round_instructions(started_from))
         train = functools.partial(
-            submit_train, run, round_number, instructions, accepted if feeds_back else {}
+            submit_train, run, round_number, told, accepted if feeds_back else {}
         )
         # The previous round's records, while this round trains.
         previous = functools.partial(mark, run, *unmarked) if unmarked else lambda: None
@@ -142,7 +145,8 @@ def run_rounds(
                 arrived.failed,
                 aggregate,
                 round_seconds,
-            ),
+            )
+            | strategy.round_report(round_number, started_from),
             *evaluate(run, aggregate.model),
             partition=run.records.partition_rows("train", arrived.updates)
             if round_number == 1

@@ -332,7 +332,7 @@ def update_refs(
     staleness: Sequence[int] = (),
     bases: Sequence[GlobalModel | None] = (),
 ) -> tuple[UpdateRef, ...]:
-    """What an aggregate task reads of each update: its key, samples, staleness and base."""
+    """What an aggregate task reads of each update: key, samples, staleness, base, clipping."""
     return tuple(
         UpdateRef(
             key_of(update.update),
@@ -340,6 +340,7 @@ def update_refs(
             stale,
             update.change,
             key_of(base.weights) if base is not None else None,
+            getattr(update, "unclipped", None),  # a group's partial reports none
         )
         for update, stale, base in zip(
             updates,

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from proxyflox.strategies.base import ServerState, Strategy, Update, weighted_mean
+from proxyflox.strategies.base import ServerState, Strategy, Update, state_scalars, weighted_mean
+from proxyflox.strategies.dpfedavg import DPFedAvg
 from proxyflox.strategies.every_update import EveryUpdateStrategy
 from proxyflox.strategies.fedadagrad import FedAdagrad
 from proxyflox.strategies.fedadam import FedAdam
@@ -21,6 +22,7 @@ from proxyflox.strategies.settings import StrategySettings
 
 __all__ = [
     "STRATEGIES",
+    "DPFedAvg",
     "EveryUpdateStrategy",
     "FedAdagrad",
     "FedAdam",
@@ -39,6 +41,7 @@ __all__ = [
     "StrategySettings",
     "Update",
     "build_strategy",
+    "state_scalars",
     "weighted_mean",
 ]
 
@@ -60,6 +63,7 @@ STRATEGIES: dict[str, type[Strategy]] = {
         FedTrimmedAvg,
         Krum,
         MultiKrum,
+        DPFedAvg,
     )
 }
 

@@ -32,6 +32,8 @@ class Update:
     weights: Weights  # the site's model, or its change, as ``Strategy.update_kind`` says
     num_samples: int
     staleness: int = 0  # global versions published since the site's model was sent out
+    #: Whether the site's change was within its clip norm (``None``: the site did not clip).
+    unclipped: bool | None = None
 
 
 class Strategy:
@@ -52,6 +54,10 @@ class Strategy:
     #: cannot stream them; synchronous only, and refused in an aggregator tree, whose groups
     #: send one mean each.
     needs_every_update: ClassVar[bool] = False
+    #: Sites clip their change to a norm the strategy sets (a lossy codec would undo that).
+    clips_updates: ClassVar[bool] = False
+    #: Columns the strategy adds to ``rounds.csv`` (filled by :meth:`round_report`).
+    report_columns: ClassVar[tuple[str, ...]] = ()
 
     def configure_train(
         self, round_number: int, sites: Sequence[int], rng: np.random.Generator, count: int
@@ -68,6 +74,22 @@ class Strategy:
 
     def train_instructions(self) -> dict[str, Any]:
         """What every site's train app is told besides the global model (e.g. ``proximal_mu``)."""
+        return {}
+
+    def for_run(self, *, seed: int, num_sites: int, clients_per_round: int) -> Strategy:
+        """This strategy with what depends on the run resolved; checks that it fits the run.
+
+        Raises:
+            ConfigError: naming a setting that cannot work for this run.
+        """
+        return self
+
+    def round_instructions(self, state_scalars: Mapping[str, float]) -> dict[str, Any]:
+        """What a round's sites are told that follows the state the round starts from."""
+        return {}
+
+    def round_report(self, round_number: int, state_scalars: Mapping[str, float]) -> dict[str, Any]:
+        """The :attr:`report_columns` of a round's row (``state_scalars``: as it started)."""
         return {}
 
     def initial_state(self) -> ServerState:
@@ -144,6 +166,18 @@ def weighted_mean(updates: Iterable[Update], total_samples: int) -> Weights:
     return {
         name: np.rint(summed).astype(dtypes[name]) if dtypes[name].kind in "iu" else summed
         for name, summed in total.items()
+    }
+
+
+def state_scalars(state: ServerState) -> dict[str, float]:
+    """The single numbers of a strategy state (dpfedavg's clip norm), as the controller sees them.
+
+    They travel with the global model's record, so the controller never resolves the state.
+    """
+    return {
+        name: float(value)
+        for name, value in state.items()
+        if not isinstance(value, dict) and np.ndim(value) == 0
     }
 
 

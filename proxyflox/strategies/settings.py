@@ -23,6 +23,7 @@ from proxyflox.schema import (
     Str,
     one_of,
 )
+from proxyflox.strategies.dpfedavg import CLIPPINGS
 from proxyflox.strategies.fedasync import STALENESS_FUNCTIONS
 from proxyflox.strategies.fedbuff import STALENESS_SCALINGS
 
@@ -62,3 +63,17 @@ class StrategySettings(Settings):
     #: fedmedian, fedtrimmedavg, krum, multikrum hold every update of a round at once: a
     #: configuration whose aggregation would need more than this is refused before it runs.
     max_memory_mb: Positive = 4096.0
+    #: dpfedavg: noise multiplier ``z`` (noise stddev ``z * clip_norm`` on the sum of changes).
+    noise_multiplier: NonNegative = 1.0
+    #: dpfedavg: each site's change is clipped to this L2 norm (the first one if adaptive).
+    clip_norm: Positive = 1.0
+    #: dpfedavg: ``fixed`` clip norm, or ``adaptive`` (Andrew et al. 2021).
+    clipping: Annotated[Str, one_of(CLIPPINGS)] = "fixed"
+    #: dpfedavg adaptive: target share of sites whose change is within the clip norm.
+    target_quantile: Share = 0.5
+    #: dpfedavg adaptive: the clip norm's geometric learning rate.
+    clip_learning_rate: Positive = 0.2
+    #: dpfedavg adaptive: noise on the count of unclipped sites (``null``: sites per round / 20).
+    clip_count_stddev: Maybe[NonNegative] = None
+    #: dpfedavg: epsilon is reported at this delta (below 1/sites).
+    delta: Annotated[Float, Field(gt=0, lt=1)] = 1e-5
