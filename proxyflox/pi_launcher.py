@@ -5,7 +5,7 @@ provider submits the first block, and hands the worker pool their controller-sid
 ``--cert_dir``. :class:`PiLauncher` turns that command into a block script of three lines:
 
 1. a note on stderr naming the Pi (an ssh failure that Parsl reports then names it);
-2. ``tar`` of the certificate directory piped through ``ssh`` (no terminal) into
+2. ``tar`` of the certificates the pool reads piped through ``ssh`` (no terminal) into
    ``python -m proxyflox.certificates receive DIR`` on the Pi: a new directory of mode 0700,
    files of mode 0600, in ``/dev/shm`` (memory, gone at reboot) where there is one, else
    ``/tmp``, under a random name. The keys never appear on a command line or in the script;
@@ -33,6 +33,9 @@ from proxyflox.inventory import Pi, ssh_command, ssh_note, ssh_prepend
 CERT_DIR_OPTION = re.compile(r"--cert_dir (\S+)")
 #: Prefix of the certificate directory's name on the Pi.
 PI_CERT_DIR_PREFIX = "proxyflox-certs-"
+#: What a worker pool reads (Parsl's client loads both of its ``*.key_secret`` files; the
+#: interchange alone needs the public ``*.key`` files, to authorize clients).
+PI_CERTIFICATE_FILES = ("client.key_secret", "server.key_secret")
 
 
 def cert_dir_of(command: str) -> str | None:
@@ -47,6 +50,14 @@ def locate_pi_cert_dir(name: str) -> str:
     Both ssh sessions of a block run it and get the same directory.
     """
     return f'd=/tmp; [ -d /dev/shm ] && [ -w /dev/shm ] && d=/dev/shm; d="$d/{name}"'
+
+
+def archive_command(cert_dir: str) -> str:
+    """Shell that writes the certificates a Pi needs to stdout, as a tar stream.
+
+    512-byte records instead of tar's 10 KiB: the stream crosses each Pi's link once per block.
+    """
+    return shlex.join(["tar", "-b", "1", "-C", cert_dir, "-cf", "-", *PI_CERTIFICATE_FILES])
 
 
 def receive_command(pi: Pi, name: str) -> str:
@@ -98,12 +109,11 @@ class PiLauncher(WrappedLauncher):
         if cert_dir is None:
             return super().__call__(command, tasks_per_node, nodes_per_block, script_dir)
         name = PI_CERT_DIR_PREFIX + secrets.token_hex(8)  # per block: blocks never share one
-        copy = f"tar -C {shlex.quote(cert_dir)} -cf - ."
         receive = on_the_pi(self.pi, receive_command(self.pi, name), terminal=False)
         return "\n".join(
             [
                 ssh_note(self.pi),
-                f"{copy} | {receive} || exit 1",
+                f"{archive_command(cert_dir)} | {receive} || exit 1",
                 on_the_pi(self.pi, pool_command(command, name), terminal=True),
             ]
         )

@@ -43,6 +43,7 @@ from proxyflox.inventory import Pi, ssh_prepend
 from proxyflox.pi_launcher import (
     PI_CERT_DIR_PREFIX,
     PiLauncher,
+    archive_command,
     locate_pi_cert_dir,
     pool_command,
     receive_command,
@@ -56,10 +57,9 @@ PI = Pi(name="pi-1", host="198.18.0.2", python=sys.executable)
 
 
 def archive_of(directory: Path) -> bytes:
-    """The certificate directory as the launcher sends it."""
-    return subprocess.run(
-        ["tar", "-C", str(directory), "-cf", "-", "."], capture_output=True, check=True
-    ).stdout
+    """The certificates as the launcher sends them."""
+    command = archive_command(str(directory))
+    return subprocess.run(["sh", "-c", command], capture_output=True, check=True).stdout
 
 
 @pytest.fixture
@@ -77,7 +77,7 @@ def test_certificates_arrive_private_and_parsl_reads_them(
         stream.write(archive_of(certificates))
         stream.seek(0)
         names = receive(target, stream)
-    assert sorted(names) == sorted(p.name for p in certificates.iterdir())
+    assert sorted(names) == ["client.key_secret", "server.key_secret"]
     assert stat.S_IMODE(target.stat().st_mode) == 0o700
     for name in names:
         assert stat.S_IMODE((target / name).stat().st_mode) == 0o600
@@ -122,7 +122,10 @@ def test_unencrypted_blocks_start_as_before_and_encrypted_ones_copy_first() -> N
     note, copy, start = script.split("\n")
     assert note == "echo 'pi-1: starting the worker pool on 198.18.0.2 over ssh' >&2"
     # Through ssh's stdin (no terminal), never on a command line: only the path is named.
-    assert copy.startswith("tar -C /ctrl/run/pi-1/certificates -cf - . | ssh -o BatchMode=yes")
+    assert copy.startswith(
+        "tar -b 1 -C /ctrl/run/pi-1/certificates -cf - client.key_secret server.key_secret | "
+        "ssh -o BatchMode=yes"
+    )
     assert "proxyflox.certificates receive" in copy
     assert copy.endswith(" || exit 1")
     assert start.startswith("ssh -tt -o BatchMode=yes")
