@@ -4,18 +4,28 @@
 The Pis come from an inventory file (``--inventory FILE``, ``PROXYFLOX_PIS=FILE``, else
 ``parsl_configs/pis.yaml``; template: ``parsl_configs/pis.example.yaml``). Each Pi's worker pool
 is started over ``ssh -tt`` and connects back to ``controller_address``; closing ssh stops it.
+Parsl's traffic is encrypted and authenticated (CurveZMQ) unless the inventory says
+``encrypted: false``: the launcher copies the run's certificates to each Pi over the same ssh
+before its worker pool starts, and removes them when the pool ends (``proxyflox/pi_launcher.py``).
 Per-Pi ``site_options`` (batch size, epochs, threads, device, data) reach that Pi's train app.
 """
 
 from parsl.config import Config
 from parsl.executors import HighThroughputExecutor
-from parsl.launchers import WrappedLauncher
 from parsl.providers import LocalProvider
 
-from proxyflox.executors import interchange_launch_cmd, local_executor, worker_launch_cmd
-from proxyflox.inventory import Inventory, Pi, load_inventory, ssh_prepend
+from proxyflox.executors import (
+    interchange_launch_cmd,
+    local_executor,
+    warn_unencrypted,
+    worker_launch_cmd,
+)
+from proxyflox.inventory import Inventory, Pi, load_inventory
+from proxyflox.pi_launcher import PiLauncher
 
 inventory = load_inventory()
+if not inventory.encrypted:
+    warn_unencrypted(f"inventory {inventory.path}: encrypted", inventory.worker_port_range)
 
 
 def pi_executor(pi: Pi, inventory: Inventory) -> HighThroughputExecutor:
@@ -32,7 +42,7 @@ def pi_executor(pi: Pi, inventory: Inventory) -> HighThroughputExecutor:
         heartbeat_period=10,
         heartbeat_threshold=60,
         provider=LocalProvider(
-            launcher=WrappedLauncher(prepend=ssh_prepend(pi)),
+            launcher=PiLauncher(pi),
             init_blocks=1,
             min_blocks=1,
             max_blocks=1,
@@ -43,7 +53,7 @@ def pi_executor(pi: Pi, inventory: Inventory) -> HighThroughputExecutor:
 aggregator = (
     pi_executor(inventory.aggregator, inventory)
     if inventory.aggregator is not None
-    else local_executor("aggregator")
+    else local_executor("aggregator", encrypted=inventory.encrypted)
 )
 config = Config(executors=[pi_executor(pi, inventory) for pi in inventory.pis] + [aggregator])
 site_options = inventory.site_options()

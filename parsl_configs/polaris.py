@@ -22,7 +22,12 @@ from parsl.executors import HighThroughputExecutor
 from parsl.launchers import MpiExecLauncher, WrappedLauncher
 from parsl.providers import LocalProvider, PBSProProvider
 
-from proxyflox.executors import interchange_launch_cmd, local_executor, worker_launch_cmd
+from proxyflox.executors import (
+    interchange_launch_cmd,
+    local_executor,
+    warn_unencrypted,
+    worker_launch_cmd,
+)
 from proxyflox.hpc import (
     PbsSettings,
     allocation_nodes,
@@ -83,6 +88,8 @@ def site_executor(label: str, provider: PBSProProvider | LocalProvider) -> HighT
         prefetch_capacity=0,  # few, long tasks: no prefetching
         launch_cmd=worker_launch_cmd(python),
         interchange_launch_cmd=interchange_launch_cmd(),
+        # The workers read the certificates from the run directory on the shared filesystem.
+        encrypted=settings.encrypted,
         provider=provider,
     )
 
@@ -95,5 +102,9 @@ if settings.mode == "allocation":
 else:
     sites = [site_executor(f"site-{i}", pilot_provider()) for i in range(settings.sites)]
 
-config = Config(executors=[*sites, local_executor("aggregator")])
+if not settings.encrypted:
+    warn_unencrypted("polaris.py: setting encrypted", sites[0].worker_port_range)
+# On a login node, other users reach this machine's loopback ports too.
+aggregator = local_executor("aggregator", encrypted=settings.encrypted)
+config = Config(executors=[*sites, aggregator])
 site_options = options_of(settings, [executor.label for executor in sites])

@@ -3,6 +3,10 @@
 HighThroughputExecutor starts ``interchange.py`` and ``process_worker_pool.py`` by name, which
 fails wherever the venv's ``bin`` is not on PATH (a non-login ssh shell, a batch job, a cron
 job). These helpers start both by absolute interpreter path instead.
+
+Deployments whose workers run on other machines keep Parsl's default ``encrypted=True``
+(CurveZMQ: workers must hold the run's certificates); :func:`warn_unencrypted` is what a user who
+turns it off is told.
 """
 
 from __future__ import annotations
@@ -35,13 +39,35 @@ def interchange_launch_cmd() -> list[str]:
     return [sys.executable, "-m", "proxyflox.lifeline", sys.executable, interchange]
 
 
-def local_executor(label: str, workers: int = 1) -> HighThroughputExecutor:
-    """An executor whose single worker pool runs on this machine (e.g. the aggregator's)."""
+#: Warnings already printed by this process (a config module may be imported more than once).
+_warned: set[str] = set()
+
+
+def warn_unencrypted(setting: str, ports: tuple[int, int] | None) -> None:
+    """One line on stderr (once per process) naming the risk of ``encrypted: false``."""
+    where = f" ({ports[0]}-{ports[1]})" if ports else ""
+    line = (
+        f"warning: {setting} is false: Parsl's traffic to the workers is neither encrypted nor "
+        f"authenticated; any host that reaches this machine's worker ports{where} can register "
+        "as a worker, receive tasks and send back pickles that the controller deserializes, "
+        "running code as you"
+    )
+    if line not in _warned:
+        _warned.add(line)
+        print(line, file=sys.stderr)
+
+
+def local_executor(label: str, workers: int = 1, encrypted: bool = False) -> HighThroughputExecutor:
+    """An executor whose single worker pool runs on this machine (e.g. the aggregator's).
+
+    It listens on loopback only. ``encrypted``: CurveZMQ all the same, for a machine other users
+    log into too (a login node), where loopback ports are open to every one of them.
+    """
     return HighThroughputExecutor(
         label=label,
         address="127.0.0.1",
         max_workers_per_node=workers,
-        encrypted=False,  # loopback only
+        encrypted=encrypted,
         # A pool whose interchange is gone (its controller was killed) exits within ~20 s.
         heartbeat_period=5,
         heartbeat_threshold=20,

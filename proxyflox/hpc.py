@@ -91,6 +91,9 @@ class BatchSettings(Settings):
     interface: Maybe[Str] = None
     device: Maybe[Device] = None
     torch_threads: Maybe[Count] = None
+    #: Encrypt and authenticate Parsl's traffic (CurveZMQ); the workers read the run's
+    #: certificates from the run directory, which must be on a filesystem they share.
+    encrypted: Bool = True
 
 
 class SlurmSettings(BatchSettings):

@@ -160,8 +160,9 @@ class Inventory(Settings):
     worker_port_range: Annotated[tuple[int, int], BeforeValidator(_port_range)] = (
         DEFAULT_WORKER_PORT_RANGE
     )
-    #: Encrypt Parsl's traffic (CurveZMQ); needs the run directory's certificates on each Pi.
-    encrypted: Bool = False
+    #: Encrypt and authenticate Parsl's traffic (CurveZMQ); the launcher copies the run's
+    #: certificates to each Pi (see :mod:`proxyflox.pi_launcher`). ``false`` warns.
+    encrypted: Bool = True
     #: The machine whose worker pool runs the aggregator's apps, started over ssh like a Pi's
     #: (label ``aggregator``); ``None``: a worker pool on the controller's machine.
     aggregator: Pi | None = None
@@ -212,15 +213,18 @@ def load_inventory(path: str | Path | None = None) -> Inventory:
     return validated(Inventory, {**data, "path": path.resolve()}, lambda key: f"{where}: {key}")
 
 
-def ssh_command(pi: Pi) -> list[str]:
+def ssh_command(pi: Pi, terminal: bool = True) -> list[str]:
     """The ``ssh`` command that runs a command on the Pi.
 
-    ``-tt`` gives the remote command a terminal: when the controller kills ``ssh`` (block
-    cancelled, run finished or interrupted) the Pi's worker pool gets SIGHUP and exits, instead of
-    lingering until its heartbeat times out. ``BatchMode`` never prompts (key-based login only).
-    Host-key checking is always on: ``StrictHostKeyChecking`` is ``yes`` or ``accept-new``.
+    ``-tt`` (``terminal``) gives the remote command a terminal: when the controller kills ``ssh``
+    (block cancelled, run finished or interrupted) the Pi's worker pool gets SIGHUP and exits,
+    instead of lingering until its heartbeat times out. Without it, the remote command reads
+    ``ssh``'s stdin as it is (a file to copy). ``BatchMode`` never prompts (key-based login
+    only). Host-key checking is always on: ``StrictHostKeyChecking`` is ``yes`` or
+    ``accept-new``.
     """
-    command = ["ssh", "-tt", "-o", "BatchMode=yes"]
+    command = ["ssh", "-tt"] if terminal else ["ssh"]
+    command += ["-o", "BatchMode=yes"]
     command += ["-o", f"StrictHostKeyChecking={pi.host_key_checking}"]
     if pi.known_hosts:
         command += ["-o", f"UserKnownHostsFile={pi.known_hosts}"]
@@ -238,15 +242,21 @@ def ssh_command(pi: Pi) -> list[str]:
     return command
 
 
+def ssh_note(pi: Pi) -> str:
+    """A shell line saying on stderr which Pi is being started.
+
+    An ssh failure that Parsl reports then names the Pi.
+    """
+    target = f"{pi.user}@{pi.host}" if pi.user else pi.host
+    return f"echo {shlex.quote(f'{pi.name}: starting the worker pool on {target} over ssh')} >&2"
+
+
 def ssh_prepend(pi: Pi) -> str:
     """What ``WrappedLauncher(prepend=...)`` puts before the worker-pool command.
 
-    A line on stderr naming the Pi (so an ssh failure that Parsl reports says which Pi), then
-    :func:`ssh_command`.
+    :func:`ssh_note`, then :func:`ssh_command`.
     """
-    target = f"{pi.user}@{pi.host}" if pi.user else pi.host
-    note = shlex.quote(f"{pi.name}: starting the worker pool on {target} over ssh")
-    return f"echo {note} >&2; {shlex.join(ssh_command(pi))}"
+    return f"{ssh_note(pi)}; {shlex.join(ssh_command(pi))}"
 
 
 # ----------------------------------------------------------------------------------------------

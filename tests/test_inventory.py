@@ -8,11 +8,12 @@ from pathlib import Path
 import pytest
 import yaml
 from parsl.executors import HighThroughputExecutor
-from parsl.launchers import WrappedLauncher
+from parsl.launchers import SingleNodeLauncher, WrappedLauncher
 from parsl.providers import LocalProvider
 
 from proxyflox.errors import ConfigError
 from proxyflox.inventory import INVENTORY_ENV, load_inventory, ssh_command
+from proxyflox.pi_launcher import PiLauncher
 from proxyflox.settings import SiteOptions
 from proxyflox.sites import load_deployment
 from tests.helpers import ROOT, run_cli
@@ -123,6 +124,34 @@ def test_an_aggregator_section_starts_the_aggregator_over_ssh_too(
     assert "on agg@198.18.0.9 over ssh" in launcher.prepend
     assert launcher.prepend.endswith(" 198.18.0.9")
     assert "aggregator" not in deployment.site_options  # it trains no site
+
+
+def test_pis_are_encrypted_unless_the_inventory_says_not_and_then_it_warns(
+    tmp_path: Path,
+    files: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv(INVENTORY_ENV, str(write(tmp_path, two_pis(files))))
+    executors = load_deployment("pis.py").parsl_config.executors
+    # Every executor, the aggregator's on this machine too (others may log into it).
+    assert all(isinstance(e, HighThroughputExecutor) for e in executors)
+    htex = [e for e in executors if isinstance(e, HighThroughputExecutor)]
+    assert [e.encrypted for e in htex] == [True, True, True]
+    launchers = [type(getattr(e.provider, "launcher", None)) for e in htex]
+    assert launchers == [PiLauncher, PiLauncher, SingleNodeLauncher]
+    assert capsys.readouterr().err == ""
+
+    path = write(tmp_path, two_pis(files) | {"encrypted": False})
+    for _ in range(2):  # said once, however often the module is imported
+        executors = load_deployment("pis.py").parsl_config.executors
+    assert [getattr(e, "encrypted", None) for e in executors] == [False, False, False]
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"warning: inventory {path.resolve()}: encrypted is false: ")
+    assert (
+        "any host that reaches this machine's worker ports (54000-55000) can register as a "
+        "worker, receive tasks and send back pickles that the controller deserializes" in line
+    )
 
 
 def test_example_inventory_is_valid(tmp_path: Path, files: dict[str, str]) -> None:

@@ -264,8 +264,9 @@ def test_fedavg_in_t2_moves_the_model_over_each_wifi_link_once_each_way_per_roun
         moved: Traffic = traffic[f"wifi-{i}"]
         assert rounds * model < moved.b_to_a < most * model, (i, moved)
         assert rounds * model < moved.a_to_b < most * model, (i, moved)
-    # The controller never touches weights: its link carries tasks and references only.
-    assert traffic["controller"].total < 0.5 * model, traffic["controller"]
+    # The controller never touches weights: its link carries tasks, references and two ssh
+    # sessions per Pi (the certificate copy, the worker pool), under one model in all.
+    assert traffic["controller"].total < model, traffic["controller"]
     others = sum(t.total for name, t in traffic.items() if name != "store")
     if store == "redis":  # every model goes through redis-server, on the store's link
         assert 0.9 * others < traffic["store"].total < 1.1 * others

@@ -9,10 +9,13 @@ whether the tests pass or fail.
 from __future__ import annotations
 
 import csv
+import re
+import stat
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +50,23 @@ def worker_pools_in(hosts: list[SshHost]) -> list[str]:
     return [c for host in hosts for c in host.commands() if "process_worker_pool" in c]
 
 
+def certificate_dirs(hosts: list[SshHost]) -> dict[str, Path]:
+    """Per namespace, the ``--cert_dir`` its running worker pool was started with."""
+    found = {}
+    for host in hosts:
+        for command in worker_pools_in([host]):
+            match = re.search(r"--cert_dir (/\S+)", command)
+            if match:
+                found[host.name] = Path(match.group(1))
+    return found
+
+
+def modes(directory: Path) -> dict[str, str]:
+    """``{name: octal mode}`` of a directory (``"."``) and of the files in it."""
+    entries = {".": directory, **{path.name: path for path in directory.iterdir()}}
+    return {name: oct(stat.S_IMODE(path.stat().st_mode)) for name, path in entries.items()}
+
+
 def assert_nothing_left(lab: NetnsLab, tmp_path: Path) -> None:
     """No worker pool in any namespace; no ssh client, submit script or process of the run on
     this host (their command lines name the run directory or the Pis' log directory)."""
@@ -78,11 +98,26 @@ def test_two_round_fedavg_trains_each_site_inside_its_pi(tmp_path: Path, lab: Ne
         },
     )
     start = time.perf_counter()
-    done = run_on_pis(tmp_path, inventory, "--rounds", "2", "--sites", "2")
+    with ThreadPoolExecutor(1) as background:
+        args = ("--rounds", "2", "--sites", "2")
+        running = background.submit(run_on_pis, tmp_path, inventory, *args)
+        # While the run goes on: each Pi's pool reads the run's certificates from a private
+        # directory of its own, copied there over ssh (not the controller's path).
+        wait_for(
+            "both Pis' worker pools", lambda: len(certificate_dirs([pi1, pi2])) == 2, timeout=120
+        )
+        on_the_pis = certificate_dirs([pi1, pi2])
+        for directory in on_the_pis.values():
+            assert directory.parent == Path("/dev/shm")
+            files = ["client.key_secret", "server.key_secret"]  # what a pool reads
+            assert modes(directory) == {".": "0o700", **dict.fromkeys(files, "0o600")}
+        done = running.result()
     wall = time.perf_counter() - start
     assert done.returncode == 0, done.stderr
     assert "round   2/2  accuracy" in done.stdout
     run_dir = only_run_dir(tmp_path / "runs")
+    # Parsl's traffic was encrypted (the default): the controller made certificates per Pi.
+    assert (run_dir / "parsl" / "000" / "pi-1" / "certificates" / "server.key").is_file()
 
     with open(run_dir / "sites.csv", newline="") as file:
         rows = list(csv.DictReader(file))
@@ -109,8 +144,12 @@ def test_two_round_fedavg_trains_each_site_inside_its_pi(tmp_path: Path, lab: Ne
     assert "ssh -tt -o BatchMode=yes -o StrictHostKeyChecking=yes " in script
     assert f"UserKnownHostsFile={lab.known_hosts}" in script
     assert "StrictHostKeyChecking=no" not in script
+    # The certificates went through ssh's stdin; no key is in the script.
+    assert "-m proxyflox.certificates receive" in script
+    assert "secret-key" not in script
 
     assert_nothing_left(lab, tmp_path)
+    assert not any(directory.exists() for directory in on_the_pis.values())
 
     with open(run_dir / "rounds.csv", newline="") as file:
         first, second = (float(r["round_seconds"]) for r in csv.DictReader(file))
@@ -224,6 +263,8 @@ def test_a_killed_controller_leaves_nothing_running_on_the_pis(
         if line.startswith("round   2/"):
             break
     assert worker_pools_in([pi1, pi2])  # the Pis are working
+    on_the_pis = certificate_dirs([pi1, pi2])
+    assert len(on_the_pis) == 2
     process.kill()
     process.wait(timeout=30)
     killed = time.monotonic()
@@ -236,3 +277,5 @@ def test_a_killed_controller_leaves_nothing_running_on_the_pis(
     except TimeoutError:
         pytest.fail(f"left behind after 120 s: {leftovers()}", pytrace=False)
     assert time.monotonic() - killed < 120
+    # Each Pi's shell removed its certificates once its pool had given up.
+    assert not any(directory.exists() for directory in on_the_pis.values())

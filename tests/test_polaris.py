@@ -16,10 +16,13 @@ from parsl.executors import HighThroughputExecutor
 from parsl.launchers import MpiExecLauncher, WrappedLauncher
 from parsl.providers import LocalProvider, PBSProProvider
 
+from proxyflox.controller.planner import plan_run
+from proxyflox.controller.runtime import ParslRuntime
 from proxyflox.errors import ConfigError
 from proxyflox.hpc import PbsSettings, SlurmSettings, load_settings
-from proxyflox.settings import SiteOptions
+from proxyflox.settings import SiteOptions, load_experiment
 from proxyflox.sites import Deployment, load_deployment
+from tests.helpers import DEFAULT_EXPERIMENT
 
 POLARIS_ENV = {
     "PROXYFLOX_POLARIS_ACCOUNT": "myproj",
@@ -132,6 +135,39 @@ def test_allocation_mode_outside_a_job_is_a_config_error(
     monkeypatch.setenv("PROXYFLOX_POLARIS_MODE", "allocation")
     with pytest.raises(ConfigError, match="not inside a PBS job"):
         load_deployment("polaris.py")
+
+
+@pytest.mark.parametrize("name", ["polaris", "slurm"])
+def test_hpc_configs_are_encrypted_unless_set_off_and_then_warn(
+    name: str,
+    polaris_env: None,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("PROXYFLOX_SLURM_ADDRESS", "10.201.0.1")
+    executors = load_deployment(f"{name}.py").parsl_config.executors
+    # The aggregator's too: a login node is shared with other users.
+    assert [getattr(e, "encrypted", None) for e in executors] == [True] * len(executors)
+    assert capsys.readouterr().err == ""
+
+    monkeypatch.setenv(f"PROXYFLOX_{name.upper()}_ENCRYPTED", "false")
+    executors = load_deployment(f"{name}.py").parsl_config.executors
+    assert [getattr(e, "encrypted", None) for e in executors] == [False] * len(executors)
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"warning: {name}.py: setting encrypted is false: ")
+    assert "can register as a worker, receive tasks and send back pickles" in line
+
+
+def test_workers_are_told_absolute_paths_of_the_run_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A batch job starts elsewhere (PBS: in the user's home), so a relative runs_dir must not
+    # reach the workers' --cert_dir and --logdir as it is.
+    monkeypatch.chdir(tmp_path)
+    deployment = load_deployment("local.py")
+    plan = plan_run(load_experiment(DEFAULT_EXPERIMENT), deployment)
+    runtime = ParslRuntime(deployment.parsl_config, plan, Path("runs/x"), None, 0)
+    assert runtime.config.run_dir == str(tmp_path / "runs" / "x" / "parsl")
 
 
 def test_settings_file_then_environment(tmp_path: Path) -> None:

@@ -60,7 +60,8 @@ def test_slurm_config_trains_in_batch_jobs_parsl_submits(
     env = slurm_env(cluster, sites="2", partition="debug", walltime="00:10:00", exclusive="false")
     start = time.perf_counter()
     runs = tmp_path / "runs"
-    command = ["--config", "slurm.py", "--rounds", "1", "--sites", "2", "--runs_dir", str(runs)]
+    # A relative runs_dir: what the workers are told must be valid wherever a job starts.
+    command = ["--config", "slurm.py", "--rounds", "1", "--sites", "2", "--runs_dir", "runs"]
     done = run_workflow([sys.executable, str(CLI), *command], cwd=tmp_path, env=env, timeout=300)
     seconds = time.perf_counter() - start
     assert done.returncode == 0, done.stderr + cluster.logs()
@@ -87,6 +88,11 @@ def test_slurm_config_trains_in_batch_jobs_parsl_submits(
     assert "#SBATCH --partition=debug" in script
     assert "srun --ntasks 1 -l" in script
     assert "-m parsl.executors.high_throughput.process_worker_pool" in script
+    # Encrypted by default: the workers read the certificates from the run directory, by its
+    # absolute path, on the filesystem they share with the controller.
+    certificates = run_dir.resolve() / "parsl" / "000" / "site-0" / "certificates"
+    assert f" --cert_dir {certificates} " in script
+    assert (certificates / "client.key_secret").is_file()
 
     assert_jobs_gone(cluster, job_ids, run_dir)
     print(f"\n1 round with 2 sites in 2 Slurm jobs: {seconds:.1f}s")

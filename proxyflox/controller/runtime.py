@@ -118,7 +118,9 @@ class ParslRuntime:
         self.store_config = store_config
         self.broadcast = broadcast
         self.config = copy.copy(parsl_config)
-        self.config.run_dir = str(run_dir / "parsl")
+        # Absolute: workers are told paths inside it (their certificates, their logs), and a
+        # batch job starts in another directory (PBS: the user's home).
+        self.config.run_dir = str((run_dir / "parsl").resolve())
         self.config.retries = retries
         if monitoring:
             self.config.monitoring = monitoring_hub(run_dir)
