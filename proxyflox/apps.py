@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from proxystore.utils.environment import home_dir
 
 from proxyflox.attacks import poisoned
 from proxyflox.checkpoints import read_checkpoint, write_checkpoint
@@ -46,6 +47,7 @@ from proxyflox.models.weights import load_weights, save_weights, weights_of
 from proxyflox.privacy import clip_change
 from proxyflox.seeds import CODEC_STREAM, INIT_STREAM, PARTITION_STREAM, SHUFFLE_STREAM, derive_seed
 from proxyflox.stores import enter_site, open_app_store, put_weights, resolve_weights, store_of
+from proxyflox.stores.host_copies import remove_copies
 from proxyflox.strategies import Update, state_scalars
 from proxyflox.training import evaluate, train_local
 from proxyflox.weights import Weights, weights_nbytes
@@ -233,7 +235,7 @@ def train_site(
     enter_site(setup.proxystore_home, setup.store_route)
     torch.set_num_threads(setup.torch_threads)
     data = site_data(setup.data, site, info=global_model.dataset)
-    received, resolve_seconds = resolve_weights(global_model.weights)
+    received, resolve_seconds = resolve_weights(global_model.weights, shared=True)
     model = new_model(setup.model, global_model.dataset)
     load_weights(model, received)
     codec = setup.compression
@@ -309,6 +311,11 @@ def forget_site_state(setup: SiteSetup, run_key: str) -> int:
     removed = sum(1 for entry in directory.rglob("*") if entry.is_file())
     shutil.rmtree(directory, ignore_errors=True)
     return removed
+
+
+def forget_host_copies(setup: SiteSetup, copies: Sequence[str]) -> int:
+    """Site executor: remove its host's copies of the run's global models (a run's end)."""
+    return remove_copies(setup.proxystore_home or home_dir(), copies)
 
 
 def _network_namespace() -> str:
@@ -418,7 +425,7 @@ def _evaluate(setup: SiteSetup, global_model: GlobalModel, data: ArrayDataset) -
     """Resolve the global model and measure it on ``data`` where this app runs."""
     enter_site(setup.proxystore_home, setup.store_route)
     torch.set_num_threads(setup.torch_threads)
-    weights, resolve_seconds = resolve_weights(global_model.weights)
+    weights, resolve_seconds = resolve_weights(global_model.weights, shared=True)
     model = new_model(setup.model, global_model.dataset)
     load_weights(model, weights)
     del weights

@@ -100,11 +100,14 @@ class EndpointOptions:
             directly need, and no peer connection waits on STUN servers out of reach.
             :data:`PROXYSTORE_STUN` keeps ProxyStore's public ones (peers behind NAT).
         peer_channels: Data channels per peer connection.
+        log_level: Of the endpoint's log (``log.txt`` in its directory); at ``DEBUG`` it
+            logs every request it answers for a peer, with the key and the peer.
     """
 
     max_object_size_mb: int | None = None
     ice_servers: tuple[str, ...] | None = ()
     peer_channels: int = 1
+    log_level: str = "INFO"
 
 
 def configure_endpoint(
@@ -144,7 +147,9 @@ def configure_endpoint(
     return config.uuid
 
 
-def start_endpoints(homes: dict[str, Path], host: str, ports: dict[str, int]) -> None:
+def start_endpoints(
+    homes: dict[str, Path], host: str, ports: dict[str, int], log_level: str = "INFO"
+) -> None:
     """Start configured endpoints (detached), all at once; return once every one listens.
 
     Most of an endpoint's start is its interpreter importing ProxyStore: together they overlap.
@@ -154,7 +159,14 @@ def start_endpoints(homes: dict[str, Path], host: str, ports: dict[str, int]) ->
     """
     starting = {
         label: subprocess.Popen(
-            [str(BIN / "proxystore-endpoint"), "start", label, "--detach"],
+            [
+                str(BIN / "proxystore-endpoint"),
+                "--log-level",
+                log_level,
+                "start",
+                label,
+                "--detach",
+            ],
             env={**os.environ, "PROXYSTORE_HOME": str(home)},
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
@@ -187,7 +199,7 @@ def start_endpoint(
         RuntimeError: configuring or starting it failed, or it does not listen within 60 s.
     """
     endpoint_uuid = configure_endpoint(home, label, host, port, relay_address, options)
-    start_endpoints({label: home}, host, {label: port})
+    start_endpoints({label: home}, host, {label: port}, options.log_level)
     return endpoint_uuid
 
 
@@ -239,7 +251,7 @@ def up(
             )
             endpoints[label] = {"uuid": endpoint_uuid, "home": str(home.resolve())}
         wait_for_port(host, relay_port, 30, "proxystore-relay")
-        start_endpoints(homes, host, ports)
+        start_endpoints(homes, host, ports, options.log_level)
     except BaseException:
         _stop(directory, manifest)
         _remove_created(directory, manifest)

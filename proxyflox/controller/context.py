@@ -19,7 +19,8 @@ from proxyflox.controller.tree import GroupStores
 from proxyflox.errors import RunStoppedError
 from proxyflox.settings import ExperimentConfig
 from proxyflox.sites import Deployment
-from proxyflox.stores import key_of
+from proxyflox.stores import keeps_host_copies, key_of
+from proxyflox.stores.host_copies import copies_name
 
 
 @dataclass
@@ -109,6 +110,11 @@ def open_run(
             bodies,
             broadcast=config.compression.broadcast,
             monitoring=config.monitoring,
+            host_copies=[
+                copies_name(own.run_dir)
+                for own in [store, *(groups.own.values() if groups else [])]
+                if own is not None and keeps_host_copies(own.settings)
+            ],
         )
     )
     return RunContext(config, plan, run_dir, runtime, ledger, records, observer, started, groups)

@@ -58,6 +58,10 @@ LATE_APPS_GRACE_SECONDS = 120.0
 #: Submitted apps kept before the first look for finished ones (see ``ParslRuntime._submit``).
 PRUNE_SUBMITTED_AT = 64
 
+#: How long the end of a run waits for the site executors to remove their hosts' copies of
+#: the global models (an executor that is gone answers never).
+FORGET_COPIES_SECONDS = 30.0
+
 #: Parsl's monitoring database, inside the run directory (``monitoring: true``).
 MONITORING_DB = "monitoring.db"
 
@@ -83,6 +87,7 @@ class AppBodies:
     evaluate: Callable[..., Any] = apps.evaluate_global
     evaluate_site: Callable[..., Any] = apps.evaluate_site
     forget_site_state: Callable[..., Any] = apps.forget_site_state
+    forget_host_copies: Callable[..., Any] = apps.forget_host_copies
     #: A tree's group aggregator putting the global model on its group's side.
     relay: Callable[..., Any] = partials.relay_global_model
     #: Warms each executor's worker at the start (``None``: no priming).
@@ -101,6 +106,9 @@ class ParslRuntime:
         bodies: The app bodies.
         broadcast: How the aggregator puts each global model (``exact`` or ``fp16``).
         monitoring: Record the run in Parsl's monitoring database (see :func:`monitoring_hub`).
+        host_copies: The names of the run's copies of global models that site hosts keep
+            (:mod:`proxyflox.stores.host_copies`); each site executor removes its host's at
+            the end of the run.
     """
 
     def __init__(
@@ -113,8 +121,10 @@ class ParslRuntime:
         bodies: AppBodies | None = None,
         broadcast: str = "exact",
         monitoring: bool = False,
+        host_copies: Sequence[str] = (),
     ) -> None:
         self.plan = plan
+        self.host_copies = tuple(host_copies)
         self.store_config = store_config
         self.broadcast = broadcast
         self.config = copy.copy(parsl_config)
@@ -134,6 +144,10 @@ class ParslRuntime:
         }
         self._forget = {
             label: python_app(bodies.forget_site_state, executors=[label])
+            for label in plan.site_labels
+        }
+        self._forget_copies = {
+            label: python_app(bodies.forget_host_copies, executors=[label])
             for label in plan.site_labels
         }
         self._evaluate_site = {
@@ -195,8 +209,20 @@ class ParslRuntime:
             running = [future for future in self._submitted if not future.done()]
             if running:
                 concurrent.futures.wait(running, timeout=LATE_APPS_GRACE_SECONDS)
+        if self.host_copies and (exc_type is None or issubclass(exc_type, Exception)):
+            self._forget_host_copies()
         self._dfk.cleanup()
         self._dfk = None
+
+    def _forget_host_copies(self) -> None:
+        """Every site executor removes its host's copies; a failing one is left as it is."""
+        removals = []
+        for label in self.plan.site_labels:
+            with contextlib.suppress(Exception):
+                removals.append(
+                    self._forget_copies[label](self.plan.setups[label], self.host_copies)
+                )
+        concurrent.futures.wait(removals, timeout=FORGET_COPIES_SECONDS)
 
     def _submit(self, future: Future[Any]) -> Future[Any]:
         # Pruning on every submit costs O(apps in flight) each: quadratic in the clients of a

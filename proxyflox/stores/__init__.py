@@ -10,6 +10,7 @@ baseline that shows what the store saves).
 from __future__ import annotations
 
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, cast
 
@@ -28,6 +29,7 @@ from proxyflox.stores.access_log import AccessLogConnector
 from proxyflox.stores.backend import StoreBackend
 from proxyflox.stores.endpoint import EndpointBackend, use_proxystore_home
 from proxyflox.stores.file import FileBackend, store_directory
+from proxyflox.stores.host_copies import shared_reads
 from proxyflox.stores.multi import MultiBackend, StoreRoute, use_store_route
 from proxyflox.stores.redis import RedisBackend
 from proxyflox.stores.settings import StoreSettings
@@ -42,6 +44,7 @@ __all__ = [
     "enter_site",
     "evict_weights",
     "file_store_directories",
+    "keeps_host_copies",
     "key_of",
     "open_app_store",
     "open_store",
@@ -103,6 +106,15 @@ def file_store_directories(settings: StoreSettings, run_dir: Path) -> list[Path]
     return [store_directory(part, run_dir) for part in parts if part.backend == "file"]
 
 
+def keeps_host_copies(settings: StoreSettings) -> bool:
+    """Whether hosts keep copies of what they read from peer endpoints (see ``host_copies``).
+
+    With endpoints only: a file store is shared per host already, Redis is central.
+    """
+    parts = [settings] if settings.backend != "multi" else list(settings.connectors.values())
+    return any(part.backend == "endpoint" for part in parts)
+
+
 def open_app_store(store_config: StoreConfig | None) -> Store[Any] | None:
     """The run's store inside an app, from the config its task carries (``None``: direct)."""
     return None if store_config is None else get_or_create_store(store_config, register=True)
@@ -138,16 +150,21 @@ def put_weights(
     return proxy, time.perf_counter() - start
 
 
-def resolve_weights(ref: WeightsRef, store: Store[Any] | None = None) -> tuple[Weights, float]:
+def resolve_weights(
+    ref: WeightsRef, store: Store[Any] | None = None, *, shared: bool = False
+) -> tuple[Weights, float]:
     """Fetch and deserialize the weights behind a proxy or a key; return them and the seconds.
 
     A proxy is read through its factory instead of being resolved in place: a resolved proxy
     would keep its copy of the weights alive for as long as the proxy lives. A bare key (what
     the aggregator gets) is read from ``store``; its bytes say how they were encoded.
+    ``shared``: other workers of this host read the same object (the global model), so a peer
+    endpoint's object crosses to the host once (:mod:`proxyflox.stores.host_copies`).
     """
     start = time.perf_counter()
     if isinstance(ref, Proxy):  # first: a proxy of a dict passes isinstance(proxy, dict)
-        weights: Weights = get_factory(ref)()
+        with shared_reads() if shared else nullcontext():
+            weights: Weights = get_factory(ref)()
     elif isinstance(ref, dict):
         return ref, 0.0
     else:

@@ -18,18 +18,24 @@ The endpoints file (YAML)::
 
 from __future__ import annotations
 
+import functools
 import os
 import socket
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 from uuid import UUID
 
 import yaml
-from proxystore.connectors.endpoint import EndpointConnector, EndpointConnectorError
+from proxystore.connectors.endpoint import EndpointConnector, EndpointConnectorError, EndpointKey
 from proxystore.endpoint.config import get_configs
+from proxystore.serialize import BytesLike
+from proxystore.utils.environment import home_dir
 
 from proxyflox.errors import ConfigError, StoreUnreachableError
+from proxyflox.stores.host_copies import HostCopies, copies_directory, copies_name, reads_are_shared
 from proxyflox.stores.settings import StoreSettings
 
 
@@ -116,7 +122,7 @@ class EndpointBackend:
         if settings.max_object_size_mb is not None:
             check_object_size(endpoints, settings.max_object_size_mb)
 
-    def connector(self, settings: StoreSettings, run_dir: Path) -> EndpointConnector:
+    def connector(self, settings: StoreSettings, run_dir: Path) -> HostSharedEndpointConnector:
         """A connector on every endpoint of the file, from the controller's ProxyStore home."""
         assert settings.endpoints_file is not None
         endpoints = read_endpoints_file(settings.endpoints_file)
@@ -125,7 +131,7 @@ class EndpointBackend:
         try:
             # proxystore_dir stays None in the config that travels with proxies: each process
             # then finds the endpoint in its own ProxyStore home.
-            return EndpointConnector(endpoints.uuids)
+            return HostSharedEndpointConnector(endpoints.uuids, copies=copies_name(run_dir))
         except (EndpointConnectorError, OSError) as err:
             home = os.environ.get("PROXYSTORE_HOME", "the default ProxyStore home")
             raise StoreUnreachableError(
@@ -142,6 +148,71 @@ class EndpointBackend:
             for label, info in endpoints.endpoints.items()
             if info.home
         }
+
+
+class HostSharedEndpointConnector(EndpointConnector):
+    """ProxyStore's ``EndpointConnector``; a shared read of a peer's object crosses once per host.
+
+    Inside :func:`~proxyflox.stores.host_copies.shared_reads`, an object of another endpoint is
+    read through this host's copies (:class:`~proxyflox.stores.host_copies.HostCopies`, in the
+    ProxyStore home the connector found its endpoint in); everything else is ProxyStore's.
+
+    Args:
+        endpoints: The endpoints' UUIDs, as for ``EndpointConnector``.
+        proxystore_dir: The ProxyStore home (``None``: this process's own).
+        copies: The run's copies (:func:`~proxyflox.stores.host_copies.copies_name`);
+            ``None``: none kept.
+    """
+
+    def __init__(
+        self,
+        endpoints: Sequence[str | UUID],
+        proxystore_dir: str | None = None,
+        copies: str | None = None,
+    ) -> None:
+        super().__init__(endpoints, proxystore_dir)
+        self.copies = copies
+        home = proxystore_dir if proxystore_dir is not None else home_dir()
+        self._copies = HostCopies(copies_directory(home, copies)) if copies else None
+
+    def config(self) -> dict[str, Any]:
+        """``EndpointConnector``'s config and the run's copies."""
+        return {**super().config(), "copies": self.copies}
+
+    def get(self, key: EndpointKey) -> BytesLike | None:
+        """The object's bytes; a shared read of a peer's object goes through the copies."""
+        peers = key.endpoint_id is not None and UUID(key.endpoint_id) != self.endpoint_uuid
+        if self._copies is None or not peers or not reads_are_shared():
+            return super().get(key)
+        return self._copies.fetch_once(
+            copy_name(key),
+            functools.partial(self._get_bytes, key),
+            is_alive=lambda name: self._still_stored(key_of_copy(name)),
+        )
+
+    def _get_bytes(self, key: EndpointKey) -> bytes | None:
+        data = super().get(key)
+        return None if data is None else bytes(data)
+
+    def _still_stored(self, key: EndpointKey | None) -> bool:
+        """Whether the object is still in its endpoint; unsure (its peer is unreachable): yes."""
+        if key is None:
+            return True  # not a copy's name: left to the run's end
+        try:
+            return self.exists(key)
+        except EndpointConnectorError:
+            return True
+
+
+def copy_name(key: EndpointKey) -> str:
+    """The file name of an object's copy: ``ENDPOINT.OBJECT``."""
+    return f"{key.endpoint_id}.{key.object_id}"
+
+
+def key_of_copy(name: str) -> EndpointKey | None:
+    """The key a copy's name stands for (:func:`copy_name`); ``None`` for another name."""
+    endpoint_id, _, object_id = name.partition(".")
+    return EndpointKey(object_id, endpoint_id) if object_id else None
 
 
 def check_object_size(endpoints: EndpointsFile, size_mb: int) -> None:
