@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from proxyflox.codecs import CodecSpec
     from proxyflox.data.base import DatasetInfo
     from proxyflox.strategies import Strategy
+    from proxyflox.weights import Layout
 
 #: A proxy of weights, a store key, or (direct transfer) the arrays themselves.
 WeightsRef = Any
@@ -99,6 +100,9 @@ class GlobalModel:
     dataset: DatasetInfo
     #: The strategy's state (server momentum, moments) stored beside it, if it has any.
     state: WeightsRef | None = None
+    #: Its arrays' names, dtypes and shapes, from the app that made it: what the aggregator
+    #: holds every update to (never read from the store, whose bytes anyone with access wrote).
+    layout: Layout | None = None
 
     def refs(self) -> Iterator[WeightsRef]:
         """The stored objects this record refers to."""
@@ -112,6 +116,7 @@ class TrainResult:
     """One site's update and what it measured; every time is taken on the site."""
 
     site: int
+    #: ``None``: the site has no training samples, so it trained nothing and put nothing.
     update: WeightsRef
     num_samples: int
     #: Training samples per class: what ``partition.csv`` is made of.
@@ -138,7 +143,8 @@ class TrainResult:
 
     def refs(self) -> Iterator[WeightsRef]:
         """The stored objects this record refers to."""
-        yield self.update
+        if self.update is not None:
+            yield self.update
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,6 +159,8 @@ class UpdateRef:
     change: bool = False
     #: That model, where it is not the task's global model (a stale asynchronous update).
     base: WeightsRef | None = None
+    #: The site it came from (named in the reason if the update is left out).
+    site: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,6 +192,14 @@ class AggregateTask:
     checkpoint_dir: str | None = None
     #: How the new global model is put: ``exact`` or ``fp16``.
     broadcast: str = "exact"
+    #: The global model's layout, which every update must have (``None``: the first update's).
+    layout: Layout | None = None
+    #: Fewer updates passing the checks stop the aggregation: nothing is put or written.
+    min_updates: int = 1
+
+
+#: An update the aggregator left out: its position in the task, its site, and why (one line).
+Rejection = tuple[int, int, str]
 
 
 @dataclass(frozen=True, eq=False, slots=True)
@@ -199,6 +215,8 @@ class AggregateResult:
     checkpoint_seconds: float
     #: Decoding the updates (inside ``resolve_seconds``).
     decode_seconds: float = 0.0
+    #: Updates left out: unreadable, not the model's layout, not finite, or without samples.
+    rejected: tuple[Rejection, ...] = ()
 
     def refs(self) -> Iterator[WeightsRef]:
         """The stored objects this record refers to."""

@@ -46,7 +46,7 @@ from proxyflox.controller.records import (
     round_row,
     summarize_failures,
 )
-from proxyflox.errors import RunStoppedError
+from proxyflox.errors import RunStoppedError, TooFewUpdatesError
 from proxyflox.messages import Evaluation, GlobalModel, Instructions, TrainResult
 from proxyflox.results import read_rounds
 from proxyflox.strategies import Strategy
@@ -124,25 +124,31 @@ def run_rounds(
                 arrived.updates,
                 save_path=run.run_dir / "model.pt" if last else None,
                 checkpoint_dir=checkpoint_dir(run.run_dir, round_number),
+                min_updates=config.min_clients,
             )
         )
         # The previous round's evaluation ran beside this round's training and, on the
         # aggregator, before this aggregate: its row is written while the aggregate runs.
         if pending is not None:
             yield finish(run, pending)
-        aggregate = ledger.claim(aggregating)
+        try:
+            aggregate = ledger.claim(aggregating)
+        except TooFewUpdatesError as err:
+            failed = arrived.failed | {site: why for _, site, why in err.rejected}
+            raise RunStoppedError(
+                f"round {round_number}: {len(arrived.updates) - len(err.rejected)} of "
+                f"{len(sites)} sites sent an update that passed the aggregator's checks, fewer "
+                f"than min_clients={config.min_clients} ({summarize_failures(failed)})"
+            ) from None
         round_seconds = time.perf_counter() - start
         run.observer.aggregated(round_number, aggregate)
+        # Updates the aggregator left out count as failed sites of the round, with its reason.
+        left_out = {position for position, _, _ in aggregate.rejected}
+        used = [u for position, u in enumerate(arrived.updates) if position not in left_out]
+        failed = arrived.failed | {site: why for _, site, why in aggregate.rejected}
         pending = PendingRound(
             round_number,
-            round_row(
-                round_number,
-                arrived.updates,
-                arrived.late,
-                arrived.failed,
-                aggregate,
-                round_seconds,
-            ),
+            round_row(round_number, used, arrived.late, failed, aggregate, round_seconds),
             *evaluate(run, aggregate.model),
             partition=run.records.partition_rows("train", arrived.updates)
             if round_number == 1
@@ -152,8 +158,8 @@ def run_rounds(
         # The old global model (with its strategy state) and the updates: nobody needs them now.
         ledger.release(global_model, *arrived.updates)
         global_model = aggregate.model
-        accepted.update((update.site, round_number) for update in arrived.updates)
-        unmarked = (pending, arrived.updates)
+        accepted.update((update.site, round_number) for update in used)
+        unmarked = (pending, used)
     if unmarked is not None:
         mark(run, *unmarked)
     if pending is not None:
@@ -217,7 +223,8 @@ class Arrivals:
     updates: list[TrainResult] = field(default_factory=list)
     #: Sites that missed the deadline: their apps run on, their updates are evicted on arrival.
     late: list[int] = field(default_factory=list)
-    #: Sites whose app failed (after Parsl's retries), with the reason.
+    #: Sites whose app failed (after Parsl's retries), with the reason (the aggregator adds the
+    #: sites whose update it left out).
     failed: dict[int, str] = field(default_factory=dict)
 
 

@@ -241,12 +241,14 @@ class ParslRuntime:
         bases: Sequence[GlobalModel | None] = (),
         save_path: Path | None = None,
         checkpoint_dir: Path | None = None,
+        min_updates: int = 1,
     ) -> Future[AggregateResult]:
         """The next global model, on the aggregator.
 
         The task carries each update's key and sample count, and the store config once.
         ``bases``: per update, the global model its change is from where that is not
-        ``global_model`` (stale asynchronous updates).
+        ``global_model`` (stale asynchronous updates). With fewer than ``min_updates`` updates
+        passing the aggregator's checks the app raises ``TooFewUpdatesError``.
         """
         bases = bases or [None] * len(updates)
         task = AggregateTask(
@@ -261,6 +263,7 @@ class ParslRuntime:
                     stale,
                     update.change,
                     key_of(base.weights) if base is not None else None,
+                    update.site,
                 )
                 for update, stale, base in zip(
                     updates, staleness or [0] * len(updates), bases, strict=True
@@ -271,6 +274,8 @@ class ParslRuntime:
             save_path=str(save_path) if save_path else None,
             checkpoint_dir=str(checkpoint_dir) if checkpoint_dir else None,
             broadcast=self.broadcast,
+            layout=global_model.layout,
+            min_updates=min_updates,
         )
         return self._submit(self._aggregate(task))
 

@@ -30,14 +30,10 @@ class FedBuff(Strategy):
         return self.buffer_size
 
     def aggregate_train(
-        self,
-        global_weights: Weights,
-        updates: Iterable[Update],
-        total_samples: int,
-        state: ServerState,
+        self, global_weights: Weights, updates: Iterable[Update], state: ServerState
     ) -> tuple[Weights, ServerState]:
         """Add ``server_lr`` times the mean of the buffered changes; the state is unchanged."""
-        mean_delta = weighted_mean(updates, total_samples)
+        mean_delta = weighted_mean(updates)
         new = step_floats(
             global_weights,
             global_weights,
