@@ -387,8 +387,7 @@ def aggregate_updates(task: AggregateTask) -> AggregateResult:
         start = time.perf_counter()
         new_global, new_state = strategy.aggregate_train(current, updates(current), previous_state)
         if mean_of_changes:
-            for name, array in fetch(task.global_weights).items():
-                new_global[name] += array
+            add_into(new_global, fetch(task.global_weights))
         aggregate_seconds = time.perf_counter() - start - resolve_seconds
     del current, previous_state
     new_global, encoder = as_broadcast(new_global, task.broadcast)
@@ -443,6 +442,16 @@ def checked_update(
     except ProxyResolveMissingKeyError:
         return None, "update missing from the store (evicted, or never written)"
     return weights, ""
+
+
+def add_into(total: Weights, weights: Weights) -> None:
+    """``total += weights``, array by array.
+
+    A function of its own: no view of ``weights`` outlives it (a view keeps the whole buffer it
+    was read from alive).
+    """
+    for name, array in weights.items():
+        total[name] += array
 
 
 def with_base(change: Weights, base: Weights) -> Weights:
