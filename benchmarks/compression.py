@@ -194,7 +194,7 @@ def codec_speed(reps: int) -> list[dict[str, Any]]:
             lossless=case.settings.get("compression.lossless", "none"),
         )
         encode, decode = [], []
-        encoded = b""
+        encoded = bytearray()
         for rep in range(reps + 1):
             start = time.perf_counter()
             encoded = UpdateEncoder(spec)(change)

@@ -131,8 +131,7 @@ def run_bare(config: ExperimentConfig) -> list[dict[str, Any]]:
                 pipe.send((round_number, global_weights))
             results = [pipe.recv() for pipe in pipes]
             aggregate_start = time.perf_counter()
-            total = sum(n for _, n, _ in results)
-            global_weights = weighted_mean((Update(w, n) for w, n, _ in results), total)
+            global_weights = weighted_mean(Update(w, n) for w, n, _ in results)
             aggregate_seconds = time.perf_counter() - aggregate_start
             load_weights(model, global_weights)
             evaluate_start = time.perf_counter()

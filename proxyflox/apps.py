@@ -12,11 +12,13 @@ import os
 import shutil
 import socket
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
+from proxystore.store.exceptions import ProxyResolveMissingKeyError
 from proxystore.utils.environment import home_dir
 
 from proxyflox.attacks import poisoned
@@ -27,7 +29,12 @@ from proxyflox.codecs.feedback import Residuals, residual_of, with_residual
 from proxyflox.data import TEST, TRAIN, ArrayDataset, DatasetInfo, dataset_info, load_folder
 from proxyflox.data import load_split as load_dataset_split
 from proxyflox.data.partition import partition
-from proxyflox.errors import ConfigError
+from proxyflox.errors import (
+    ConfigError,
+    LayoutMismatchError,
+    TooFewUpdatesError,
+    WeightsFormatError,
+)
 from proxyflox.messages import (
     AggregateResult,
     AggregateTask,
@@ -38,8 +45,10 @@ from proxyflox.messages import (
     Instructions,
     ModelSpec,
     Primed,
+    Rejection,
     SiteSetup,
     TrainResult,
+    UpdateRef,
     WeightsRef,
 )
 from proxyflox.models import build_model
@@ -50,7 +59,16 @@ from proxyflox.stores import enter_site, open_app_store, put_weights, resolve_we
 from proxyflox.stores.host_copies import remove_copies
 from proxyflox.strategies import Update, state_scalars
 from proxyflox.training import evaluate, train_local
-from proxyflox.weights import Weights, weights_nbytes
+from proxyflox.weights import (
+    Layout,
+    Weights,
+    check_finite,
+    check_layout,
+    flatten_state,
+    layout_of,
+    unflatten_state,
+    weights_nbytes,
+)
 
 #: Sites whose data one worker process keeps (train and local test splits together).
 SITE_DATA_CACHE = 8
@@ -218,8 +236,9 @@ def init_global_model(task: InitTask) -> GlobalModel:
     return GlobalModel(
         weights=put_weights(weights, store, encoder)[0],
         dataset=info,
-        state=put_weights(state, store)[0] if state else None,
+        state=put_weights(flatten_state(state), store)[0] if state else None,
         state_scalars=state_scalars(state),
+        layout=layout_of(weights),
     )
 
 
@@ -235,6 +254,8 @@ def train_site(
     enter_site(setup.proxystore_home, setup.store_route)
     torch.set_num_threads(setup.torch_threads)
     data = site_data(setup.data, site, info=global_model.dataset)
+    if len(data) == 0:  # nothing to learn from: the aggregator skips the site, saying why
+        return _without_samples(setup, site, global_model)
     received, resolve_seconds = resolve_weights(global_model.weights, shared=True)
     model = new_model(setup.model, global_model.dataset)
     load_weights(model, received)
@@ -270,7 +291,9 @@ def train_site(
         update = with_residual(update, residuals.load(accepted_round))
     store = store_of(global_model.weights)
     encoder = UpdateEncoder(
-        codec or CodecSpec(), seed=derive_seed(setup.data.seed, CODEC_STREAM, round_number, site)
+        codec or CodecSpec(),
+        seed=derive_seed(setup.data.seed, CODEC_STREAM, round_number, site),
+        keep_encoded=residuals is not None,
     )
     raw_bytes = weights_nbytes(update)
     with codec_tally() as sent:
@@ -288,19 +311,41 @@ def train_site(
         resolve_seconds=resolve_seconds,
         train_seconds=train_seconds,
         put_seconds=put_seconds,
-        local_epochs=setup.local_epochs,
-        batch_size=setup.batch_size,
-        device=setup.device,
-        host=socket.gethostname(),
-        pid=os.getpid(),
-        netns=_network_namespace(),
-        batch_job=os.environ.get("SLURM_JOB_ID") or os.environ.get("PBS_JOBID", ""),
+        **_where_trained(setup),
         change=delta,
         sent_bytes=sent.encoded_bytes if store is not None else raw_bytes,  # direct: the arrays
         raw_bytes=raw_bytes,
         encode_seconds=sent.encode_seconds,
         unclipped=unclipped,
     )
+
+
+def _without_samples(setup: SiteSetup, site: int, global_model: GlobalModel) -> TrainResult:
+    """What a site without training samples returns: no update, nothing put."""
+    return TrainResult(
+        site=site,
+        update=None,
+        num_samples=0,
+        class_counts=[0] * global_model.dataset.num_classes,
+        train_loss=float("nan"),
+        resolve_seconds=0.0,
+        train_seconds=0.0,
+        put_seconds=0.0,
+        **_where_trained(setup),
+    )
+
+
+def _where_trained(setup: SiteSetup) -> dict[str, Any]:
+    """The fields of a train result that say how and where the site ran."""
+    return {
+        "local_epochs": setup.local_epochs,
+        "batch_size": setup.batch_size,
+        "device": setup.device,
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "netns": _network_namespace(),
+        "batch_job": os.environ.get("SLURM_JOB_ID") or os.environ.get("PBS_JOBID", ""),
+    }
 
 
 def forget_site_state(setup: SiteSetup, run_key: str) -> int:
@@ -327,21 +372,21 @@ def _network_namespace() -> str:
 
 
 def aggregate_updates(task: AggregateTask) -> AggregateResult:
-    """Aggregator: the strategy's new global model, resolving one update at a time."""
+    """Aggregator: the strategy's new global model, checking and resolving one update at a time."""
     enter_site(task.proxystore_home, task.store_route)
     store = open_app_store(task.store_config)
     resolve_seconds = 0.0
 
-    def fetch(ref: WeightsRef) -> Weights:
+    def fetch(ref: WeightsRef, layout: Layout | None = None) -> Weights:
         nonlocal resolve_seconds
-        value, seconds = resolve_weights(ref, store)
+        value, seconds = resolve_weights(ref, store, layout)
         resolve_seconds += seconds
         return value
 
     strategy = task.strategy
     # A site's change becomes its model again where the strategy works on models, except for
     # a plain mean of models: the global model plus the mean of the changes, which keeps the
-    # global model out of memory until the changes are averaged (three models at most).
+    # global model out of memory until the changes are averaged.
     rebuild = strategy.update_kind == "weights" and any(u.change for u in task.updates)
     mean_of_changes = (
         rebuild
@@ -349,30 +394,45 @@ def aggregate_updates(task: AggregateTask) -> AggregateResult:
         and all(u.change and u.base is None for u in task.updates)
     )
     rebuild &= not mean_of_changes
+    layout = task.layout
+    rejected: list[Rejection] = []
+    used = 0
 
     def updates(current: Weights) -> Iterator[Update]:
-        for update in task.updates:
-            weights = fetch(update.update)
+        nonlocal layout, used
+        for position, update in enumerate(task.updates):
+            site = position if update.site is None else update.site
+            weights, why = checked_update(update, layout, fetch)
+            if weights is None:
+                rejected.append((position, site, why))
+                continue
+            layout = layout or layout_of(weights)
             if update.change and rebuild:
                 base = current if update.base is None else fetch(update.base)
-                for name, array in weights.items():
-                    array += base[name]  # in place: one update's arrays at a time
+                weights = with_base(weights, base)
                 del base
+            used += 1
             yield Update(weights, update.num_samples, update.staleness, update.unclipped)
             del weights  # before the next fetch: one update's arrays alive at a time
+        if used < task.min_updates:
+            raise TooFewUpdatesError(
+                f"{used} of {len(task.updates)} updates passed the aggregator's checks, fewer "
+                f"than the {task.min_updates} needed",
+                tuple(rejected),
+            )
 
     with codec_tally() as decoded:
         needs_global = strategy.uses_global_model or rebuild
         current = fetch(task.global_weights) if needs_global else {}
-        previous_state = fetch(task.state) if task.state is not None else strategy.initial_state()
-        start = time.perf_counter()
-        total = sum(update.num_samples for update in task.updates)
-        new_global, new_state = strategy.aggregate_train(
-            current, updates(current), total, previous_state
+        previous_state = (
+            unflatten_state(fetch(task.state))
+            if task.state is not None
+            else strategy.initial_state()
         )
+        start = time.perf_counter()
+        new_global, new_state = strategy.aggregate_train(current, updates(current), previous_state)
         if mean_of_changes:
-            for name, array in fetch(task.global_weights).items():
-                new_global[name] += array
+            add_into(new_global, fetch(task.global_weights))
         aggregate_seconds = time.perf_counter() - start - resolve_seconds
     del current, previous_state
     new_global, encoder = as_broadcast(new_global, task.broadcast)
@@ -387,18 +447,72 @@ def aggregate_updates(task: AggregateTask) -> AggregateResult:
     ref, put_seconds = put_weights(new_global, store, encoder)
     state_ref = None
     if new_state:
-        state_ref, state_put_seconds = put_weights(new_state, store)
+        state_ref, state_put_seconds = put_weights(flatten_state(new_state), store)
         put_seconds += state_put_seconds
     return AggregateResult(
-        model=GlobalModel(ref, task.dataset, state_ref, state_scalars(new_state)),
+        model=GlobalModel(
+            weights=ref,
+            dataset=task.dataset,
+            state=state_ref,
+            state_scalars=state_scalars(new_state),
+            layout=layout_of(new_global),
+        ),
         model_bytes=weights_nbytes(new_global),
-        num_updates=len(task.updates),
+        num_updates=used,
         aggregate_seconds=aggregate_seconds,
         resolve_seconds=resolve_seconds,
         put_seconds=put_seconds,
         checkpoint_seconds=checkpoint_seconds,
         decode_seconds=decoded.decode_seconds,
+        rejected=tuple(rejected),
     )
+
+
+def checked_update(
+    update: UpdateRef, layout: Layout | None, fetch: Callable[[WeightsRef, Layout | None], Weights]
+) -> tuple[Weights | None, str]:
+    """One site's update read and checked, or ``None`` and why it is left out (one line).
+
+    Checked before any of it is used: samples reported, readable as the project's format (never
+    unpickled), the model's names, shapes and dtypes (from the header, before decoding), every
+    value finite.
+    """
+    if update.num_samples == 0:
+        return None, "0 training samples, skipped"
+    if update.num_samples < 0:
+        return None, f"update rejected: it reports {update.num_samples} training samples"
+    try:
+        weights = fetch(update.update, layout)
+        if layout is not None:  # again on the arrays: direct transfer has no header
+            check_layout(((n, a.dtype, a.shape) for n, a in weights.items()), layout)
+        check_finite(weights)
+    except LayoutMismatchError as err:
+        return None, f"update rejected: {err}"
+    except WeightsFormatError as err:
+        return None, f"update unreadable: {err}"
+    except ProxyResolveMissingKeyError:
+        return None, "update missing from the store (evicted, or never written)"
+    return weights, ""
+
+
+def add_into(total: Weights, weights: Weights) -> None:
+    """``total += weights``, array by array.
+
+    A function of its own: no view of ``weights`` outlives it (a view keeps the whole buffer it
+    was read from alive).
+    """
+    for name, array in weights.items():
+        total[name] += array
+
+
+def with_base(change: Weights, base: Weights) -> Weights:
+    """A site's model from its change: in place where the arrays are writable, else one copy."""
+    for name, array in change.items():
+        if array.flags.writeable:
+            array += base[name]
+        else:
+            change[name] = array + base[name]
+    return change
 
 
 def evaluate_global(setup: SiteSetup, global_model: GlobalModel) -> Evaluation:

@@ -30,7 +30,7 @@ from proxyflox.errors import ConfigError, short_repr
 from proxyflox.schema import read_yaml_mapping
 from proxyflox.settings import ExperimentConfig, experiment_from_dict
 from proxyflox.strategies import STRATEGIES
-from proxyflox.weights import Weights
+from proxyflox.weights import Weights, flatten_state, unflatten_state
 
 CHECKPOINTS = "checkpoints"
 LATEST = "latest"
@@ -53,7 +53,7 @@ def write_checkpoint(directory: str | Path, weights: Weights, state: dict[str, A
     directory.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}-", dir=directory.parent))
     np.savez(staging / WEIGHTS_FILE, **weights)  # type: ignore[arg-type]
-    np.savez(staging / STATE_FILE, **_flatten(state))  # type: ignore[arg-type]
+    np.savez(staging / STATE_FILE, **flatten_state(state))  # type: ignore[arg-type]
     if directory.exists():
         shutil.rmtree(directory)
     os.replace(staging, directory)
@@ -70,7 +70,7 @@ def read_checkpoint(directory: str | Path) -> tuple[Weights, dict[str, Any]]:
         with np.load(directory / WEIGHTS_FILE, allow_pickle=False) as archive:
             weights = {name: archive[name] for name in archive.files}
         with np.load(directory / STATE_FILE, allow_pickle=False) as archive:
-            state = _unflatten({name: archive[name] for name in archive.files})
+            state = unflatten_state({name: archive[name] for name in archive.files})
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
         raise ConfigError(
             f"resume: checkpoint {directory} cannot be read ({type(err).__name__}: {err})"
@@ -78,28 +78,6 @@ def read_checkpoint(directory: str | Path) -> tuple[Weights, dict[str, Any]]:
     if not weights:
         raise ConfigError(f"resume: checkpoint {directory} holds no weights")
     return weights, state
-
-
-def _flatten(state: dict[str, Any], prefix: str = "") -> dict[str, np.ndarray]:
-    """``{"m": {"conv.weight": a}}`` -> ``{"m/conv.weight": a}`` (parameter names have no '/')."""
-    flat: dict[str, np.ndarray] = {}
-    for key, value in state.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}/"))
-        else:
-            flat[f"{prefix}{key}"] = np.asarray(value)
-    return flat
-
-
-def _unflatten(flat: dict[str, np.ndarray]) -> dict[str, Any]:
-    state: dict[str, Any] = {}
-    for key, value in flat.items():
-        *path, name = key.split("/")
-        node = state
-        for part in path:
-            node = node.setdefault(part, {})
-        node[name] = value
-    return state
 
 
 def has_checkpoint(run_dir: str | Path) -> bool:

@@ -25,6 +25,28 @@ class RunStoppedError(RuntimeError):
     """The run cannot go on (e.g. fewer than ``min_clients`` sites returned)."""
 
 
+class TooFewUpdatesError(RunStoppedError):
+    """Fewer updates than needed passed the aggregator's checks; nothing was put or written.
+
+    ``rejected`` holds ``(position in the task, site, reason)`` of every update left out.
+    """
+
+    def __init__(self, message: str, rejected: tuple[tuple[int, int, str], ...] = ()) -> None:
+        super().__init__(message, rejected)  # both in ``args``: the error pickles back whole
+        self.rejected = rejected
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class WeightsFormatError(ValueError):
+    """Bytes that are not a ProxyFlox weights object, or one that is damaged; never unpickled."""
+
+
+class LayoutMismatchError(ValueError):
+    """Weights whose names, shapes or dtypes differ from the model's; the message names one."""
+
+
 def did_you_mean(word: str, choices: Iterable[str] | Mapping[str, Any]) -> str:
     """``" (did you mean 'rounds'?)"`` for a near miss, else ``""``.
 

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from proxyflox.data.base import DatasetInfo
     from proxyflox.stores.multi import StoreRoute
     from proxyflox.strategies import Strategy
+    from proxyflox.weights import Layout
 
 #: A proxy of weights, a store key, or (direct transfer) the arrays themselves.
 WeightsRef = Any
@@ -109,6 +110,9 @@ class GlobalModel:
     state: WeightsRef | None = None
     #: The state's single numbers (dpfedavg's clip norm), which the controller reads.
     state_scalars: dict[str, float] = field(default_factory=dict)
+    #: Its arrays' names, dtypes and shapes, from the app that made it: what the aggregator
+    #: holds every update to (never read from the store, whose bytes anyone with access wrote).
+    layout: Layout | None = None
 
     def refs(self) -> Iterator[WeightsRef]:
         """The stored objects this record refers to."""
@@ -122,6 +126,7 @@ class TrainResult:
     """One site's update and what it measured; every time is taken on the site."""
 
     site: int
+    #: ``None``: the site has no training samples, so it trained nothing and put nothing.
     update: WeightsRef
     num_samples: int
     #: Training samples per class: what ``partition.csv`` is made of.
@@ -150,7 +155,8 @@ class TrainResult:
 
     def refs(self) -> Iterator[WeightsRef]:
         """The stored objects this record refers to."""
-        yield self.update
+        if self.update is not None:
+            yield self.update
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,6 +173,8 @@ class UpdateRef:
     base: WeightsRef | None = None
     #: The site's change was within its clip norm (``None``: the site did not clip).
     unclipped: bool | None = None
+    #: The site it came from (named in the reason if the update is left out).
+    site: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,6 +210,14 @@ class AggregateTask:
     #: Where the result is put, where not into ``store_config`` (a group's partial goes to the
     #: store its parent reads).
     result_store_config: StoreConfig | None = None
+    #: The global model's layout, which every update must have (``None``: the first update's).
+    layout: Layout | None = None
+    #: Fewer updates passing the checks stop the aggregation: nothing is put or written.
+    min_updates: int = 1
+
+
+#: An update the aggregator left out: its position in the task, its site, and why (one line).
+Rejection = tuple[int, int, str]
 
 
 @dataclass(frozen=True, eq=False, slots=True)
@@ -217,6 +233,8 @@ class AggregateResult:
     checkpoint_seconds: float
     #: Decoding the updates (inside ``resolve_seconds``).
     decode_seconds: float = 0.0
+    #: Updates left out: unreadable, not the model's layout, not finite, or without samples.
+    rejected: tuple[Rejection, ...] = ()
 
     def refs(self) -> Iterator[WeightsRef]:
         """The stored objects this record refers to."""

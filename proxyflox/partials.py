@@ -87,4 +87,4 @@ def relay_global_model(task: RelayTask, model: GlobalModel) -> GlobalModel:
     # Already rounded where the broadcast is fp16: encoding it again changes nothing.
     weights, encoder = as_broadcast(weights, task.broadcast)
     ref, _ = put_weights(weights, open_app_store(task.store_config), encoder)
-    return GlobalModel(weights=ref, dataset=model.dataset)
+    return GlobalModel(weights=ref, dataset=model.dataset, layout=model.layout)

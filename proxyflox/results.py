@@ -133,11 +133,12 @@ ASYNC_ROUND_COLUMNS = [
     "accuracy", "loss", "aggregate_seconds", "aggregate_resolve_seconds", "evaluate_seconds",
     "model_bytes", "sent_bytes", "raw_bytes", "encode_seconds_max", "decode_seconds",
 ]  # fmt: skip
-#: ``updates.csv`` of an asynchronous run: every update as it arrived.
+#: ``updates.csv`` of an asynchronous run: every update as it arrived; ``rejected``: why the
+#: aggregator left it out (empty: used, or still buffered when the budget was spent).
 UPDATE_COLUMNS = [
     "update", "site", "executor", "version_started", "staleness", "seconds", "num_samples",
     "train_loss", "resolve_seconds", "train_seconds", "put_seconds", "host", "pid",
-    "sent_bytes", "raw_bytes", "encode_seconds",
+    "sent_bytes", "raw_bytes", "encode_seconds", "rejected",
 ]  # fmt: skip
 
 #: Above this many sites, per-site numbers are in ``sites.csv`` only (not one column each).

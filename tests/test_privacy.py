@@ -53,7 +53,7 @@ def test_aggregate_is_the_uniform_mean_of_clipped_changes_added_to_the_model() -
         # norm 0.5: as it is; 3 samples, which must not weigh more
         Update({"w": f32(0.3, 0.4), "steps": np.array(0, dtype=np.int64)}, 3, unclipped=True),
     ]
-    new, state = strategy.aggregate_train(global_weights, updates, 4, strategy.initial_state())
+    new, state = strategy.aggregate_train(global_weights, updates, strategy.initial_state())
     # (1, 2) + ((0.6, 0.8) + (0.3, 0.4)) / 2 = (1.45, 2.6)
     np.testing.assert_allclose(new["w"], [1.45, 2.6], rtol=1e-6)
     assert new["w"].dtype == np.float32
@@ -65,7 +65,7 @@ def test_aggregate_is_the_uniform_mean_of_clipped_changes_added_to_the_model() -
 def test_an_update_that_was_not_clipped_on_its_site_is_refused() -> None:
     strategy = DPFedAvg(noise_multiplier=0.0)
     with pytest.raises(ValueError, match="not clipped on its site"):
-        strategy.aggregate_train({"w": f32(0.0)}, [Update({"w": f32(1.0)}, 1)], 1, {})
+        strategy.aggregate_train({"w": f32(0.0)}, [Update({"w": f32(1.0)}, 1)], {})
 
 
 def noise_of_one_round(
@@ -74,7 +74,7 @@ def noise_of_one_round(
     """What the aggregate adds to a zero model from ``sites`` zero changes: the noise alone."""
     state = strategy.initial_state() | {"rounds": np.int64(rounds_done)}
     updates = [Update({"w": np.zeros(size, np.float32)}, 1, unclipped=True) for _ in range(sites)]
-    new, _ = strategy.aggregate_train({"w": np.zeros(size, np.float32)}, updates, sites, state)
+    new, _ = strategy.aggregate_train({"w": np.zeros(size, np.float32)}, updates, state)
     return new["w"].astype(np.float64)
 
 
@@ -113,7 +113,7 @@ def test_adaptive_clip_norm_moves_geometrically_towards_the_target_quantile() ->
     )
     bits = [True, True, True, False]  # 3 of 4 within C: b = 0.75
     updates = [Update({"w": f32(0.1)}, 1, unclipped=bit) for bit in bits]
-    _, state = strategy.aggregate_train({"w": f32(0.0)}, updates, 4, strategy.initial_state())
+    _, state = strategy.aggregate_train({"w": f32(0.0)}, updates, strategy.initial_state())
     # C exp(-eta (b - gamma)) = exp(-0.2 * 0.25)
     assert float(state["clip_norm"]) == pytest.approx(math.exp(-0.05))
 
@@ -130,7 +130,7 @@ def test_the_count_of_unclipped_sites_gets_noise_of_stddev_sigma_b() -> None:
     for rounds_done in range(2000):
         updates = [Update({"w": f32(0.1)}, 1, unclipped=True) for _ in range(4)]
         state = strategy.initial_state() | {"rounds": np.int64(rounds_done)}
-        _, new = strategy.aggregate_train({"w": f32(0.0)}, updates, 4, state)
+        _, new = strategy.aggregate_train({"w": f32(0.0)}, updates, state)
         steps.append(math.log(float(new["clip_norm"])))
     # log C' = -eta ((4 + n) / 4 - 0.5), n ~ N(0, sigma_b^2): mean -0.1, stddev eta sigma_b / 4.
     assert np.mean(steps) == pytest.approx(-0.1, abs=0.005)

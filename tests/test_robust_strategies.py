@@ -48,8 +48,7 @@ def updates(*models: dict[str, np.ndarray], samples: int = 1) -> list[Update]:
 
 
 def aggregate(strategy: Strategy, models: list[Update]) -> Weights:
-    total = sum(u.num_samples for u in models)
-    new, state = strategy.aggregate_train({}, models, total, {})
+    new, state = strategy.aggregate_train({}, models, {})
     assert state == {}
     return new
 

@@ -40,7 +40,7 @@ GLOBAL = {"w": f32(1.0, 2.0)}
 def two_updates() -> list[Update]:
     """(3, 6) from 1 sample and (1, 2) from 3 samples: mean (1.5, 3.0), delta (0.5, 1.0).
 
-    Fresh arrays each time: aggregation scales updates in place.
+    Fresh arrays each time: aggregation may add into an update's arrays.
     """
     return [Update({"w": f32(3.0, 6.0)}, 1), Update({"w": f32(1.0, 2.0)}, 3)]
 
@@ -48,7 +48,7 @@ def two_updates() -> list[Update]:
 def test_weighted_mean_matches_hand_computation() -> None:
     a = {"w": f32(1.0, 2.0), "b": np.array([[0.0]], dtype=np.float32)}
     b = {"w": f32(3.0, 6.0), "b": np.array([[4.0]], dtype=np.float32)}
-    mean = weighted_mean([Update(a, 1), Update(b, 3)], 4)
+    mean = weighted_mean([Update(a, 1), Update(b, 3)])
     # w: (1*1 + 3*3)/4 = 2.5, (2*1 + 6*3)/4 = 5.0 ; b: (0*1 + 4*3)/4 = 3.0
     np.testing.assert_array_equal(mean["w"], f32(2.5, 5.0))
     np.testing.assert_array_equal(mean["b"], np.array([[3.0]], dtype=np.float32))
@@ -58,14 +58,14 @@ def test_weighted_mean_matches_hand_computation() -> None:
 def test_one_update_comes_back_bit_for_bit() -> None:
     update = {"w": np.random.default_rng(0).standard_normal(10_000).astype(np.float32)}
     original = update["w"].copy()
-    mean = weighted_mean([Update(update, 1437)], 1437)
+    mean = weighted_mean([Update(update, 1437)])
     assert mean["w"].tobytes() == original.tobytes()
 
 
 def test_integer_buffers_stay_integers() -> None:
     n = np.int64
     updates = [Update({"n": np.array(10, n)}, 1), Update({"n": np.array(13, n)}, 1)]
-    mean = weighted_mean(updates, 2)
+    mean = weighted_mean(updates)
     assert mean["n"].dtype == np.int64
     assert int(mean["n"]) == 12  # 11.5 rounds to even
 
@@ -83,20 +83,20 @@ def test_each_update_is_released_before_the_next_is_fetched() -> None:
             yield Update({"w": array}, 1)
             del array
 
-    np.testing.assert_array_equal(weighted_mean(updates(), 5)["w"], np.full(3, 2.0, np.float32))
+    np.testing.assert_array_equal(weighted_mean(updates())["w"], np.full(3, 2.0, np.float32))
     assert len(previous) == 5
 
 
 def test_mismatched_updates_and_empty_rounds_are_errors() -> None:
     with pytest.raises(ValueError, match="disagree on parameter names"):
-        weighted_mean([Update({"a": np.zeros(1)}, 1), Update({"b": np.zeros(1)}, 1)], 2)
+        weighted_mean([Update({"a": np.zeros(1)}, 1), Update({"b": np.zeros(1)}, 1)])
     with pytest.raises(ValueError, match="no updates"):
-        weighted_mean([], 0)
+        weighted_mean([])
 
 
 def test_fedavg_and_fedprox_average_on_the_server() -> None:
     for strategy in (FedAvg(), FedProx(proximal_mu=0.5)):
-        new, state = strategy.aggregate_train(GLOBAL, two_updates(), 4, {})
+        new, state = strategy.aggregate_train(GLOBAL, two_updates(), {})
         np.testing.assert_array_equal(new["w"], f32(1.5, 3.0))
         assert state == {}
     assert FedProx(proximal_mu=0.5).train_instructions() == {"proximal_mu": 0.5}
@@ -105,18 +105,16 @@ def test_fedavg_and_fedprox_average_on_the_server() -> None:
 def test_fedavgm_momentum_by_hand() -> None:
     strategy = FedAvgM(server_lr=1.0, server_momentum=0.5)
     # d = w - mean = (-0.5, -1.0); v = d; w = w - v = (1.5, 3.0)
-    new, state = strategy.aggregate_train(GLOBAL, two_updates(), 4, {})
+    new, state = strategy.aggregate_train(GLOBAL, two_updates(), {})
     np.testing.assert_allclose(new["w"], f32(1.5, 3.0))
     # Second round from (1.5, 3.0) with the same updates: d = (0, 0); v = 0.5 * (-0.5, -1.0)
-    new, state = strategy.aggregate_train(new, two_updates(), 4, state)
+    new, state = strategy.aggregate_train(new, two_updates(), state)
     np.testing.assert_allclose(state["velocity"]["w"], [-0.25, -0.5])
     np.testing.assert_allclose(new["w"], f32(1.75, 3.5))
 
 
 def test_fedavgm_without_momentum_is_fedavg() -> None:
-    new, _ = FedAvgM(server_lr=1.0, server_momentum=0.0).aggregate_train(
-        GLOBAL, two_updates(), 4, {}
-    )
+    new, _ = FedAvgM(server_lr=1.0, server_momentum=0.0).aggregate_train(GLOBAL, two_updates(), {})
     np.testing.assert_array_equal(new["w"], f32(1.5, 3.0))
 
 
@@ -132,7 +130,7 @@ def test_fedavgm_without_momentum_is_fedavg() -> None:
     ],
 )
 def test_server_optimizers_first_step_by_hand(strategy: FedAdam, expected_v: list[float]) -> None:
-    new, state = strategy.aggregate_train(GLOBAL, two_updates(), 4, {})
+    new, state = strategy.aggregate_train(GLOBAL, two_updates(), {})
     delta = np.array([0.5, 1.0])
     m = 0.1 * delta
     v = np.array(expected_v)
@@ -144,7 +142,7 @@ def test_server_optimizers_first_step_by_hand(strategy: FedAdam, expected_v: lis
 def test_fedyogi_second_step_shrinks_v_toward_small_deltas() -> None:
     strategy = FedYogi(server_lr=0.1, beta2=0.9, tau=0.001)
     state = {"m": {"w": np.zeros(2)}, "v": {"w": np.array([2.0, 2.0])}}
-    _, state = strategy.aggregate_train(GLOBAL, two_updates(), 4, state)
+    _, state = strategy.aggregate_train(GLOBAL, two_updates(), state)
     # v - (1 - 0.9) * d^2 * sign(v - d^2) with v = 2 > d^2: 2 - 0.1 * (0.25, 1.0)
     np.testing.assert_allclose(state["v"]["w"], [1.975, 1.9])
 
@@ -165,13 +163,13 @@ def test_staleness_functions(kind: str, staleness: int, expected: float) -> None
 def test_fedasync_mixes_each_update_by_its_staleness() -> None:
     strategy = FedAsync(alpha=0.5, staleness="polynomial", staleness_a=1.0)
     update = Update({"w": f32(3.0, 6.0)}, 10, staleness=1)  # S = 1/2, so mix = 0.25
-    new, _ = strategy.aggregate_train(GLOBAL, [update], 10, {})
+    new, _ = strategy.aggregate_train(GLOBAL, [update], {})
     np.testing.assert_allclose(new["w"], 0.75 * GLOBAL["w"] + 0.25 * f32(3.0, 6.0))
 
 
 def test_fedbuff_applies_the_mean_change() -> None:
     deltas = [Update({"w": f32(1.0, 1.0)}, 1), Update({"w": f32(-1.0, 3.0)}, 1)]
-    new, _ = FedBuff(buffer_size=2, server_lr=0.5).aggregate_train(GLOBAL, deltas, 2, {})
+    new, _ = FedBuff(buffer_size=2, server_lr=0.5).aggregate_train(GLOBAL, deltas, {})
     np.testing.assert_allclose(new["w"], GLOBAL["w"] + 0.5 * f32(0.0, 2.0))
     assert FedBuff.update_kind == "delta"
     assert FedBuff.asynchronous
@@ -187,7 +185,7 @@ def stale_deltas() -> list[Update]:
 
 def test_fedbuff_scales_stale_changes_by_the_papers_rule() -> None:
     start = {"w": f32(1.0, 2.0), "n": np.array(5)}
-    new, _ = FedBuff(buffer_size=2, server_lr=0.5).aggregate_train(start, stale_deltas(), 4, {})
+    new, _ = FedBuff(buffer_size=2, server_lr=0.5).aggregate_train(start, stale_deltas(), {})
     # s(0) = 1, s(3) = 1/sqrt(4) = 1/2; plain mean over K = 2: ((1, 1) + (-0.5, 1.5)) / 2
     # = (0.25, 1.25); w + 0.5 * that = (1.125, 2.625).
     np.testing.assert_allclose(new["w"], f32(1.125, 2.625))
@@ -200,7 +198,7 @@ def test_fedbuff_scales_stale_changes_by_the_papers_rule() -> None:
 def test_fedbuff_without_scaling_keeps_the_sample_weighted_mean() -> None:
     start = {"w": f32(1.0, 2.0), "n": np.array(5)}
     strategy = FedBuff(buffer_size=2, server_lr=0.5, staleness_scaling="none")
-    new, _ = strategy.aggregate_train(start, stale_deltas(), 4, {})
+    new, _ = strategy.aggregate_train(start, stale_deltas(), {})
     # (1 * (1, 1) + 3 * (-1, 3)) / 4 = (-0.5, 2.5); w + 0.5 * that = (0.75, 3.25).
     np.testing.assert_allclose(new["w"], f32(0.75, 3.25))
     assert int(new["n"]) == 9

@@ -1,10 +1,11 @@
 """Update codecs: what a site's change (or the global model) looks like on the wire.
 
-A codec is applied in the store path, as the ProxyStore serializer of the object's put
-(:class:`UpdateEncoder`) and the deserializer travelling in its proxy (:func:`decode_weights`):
-apps put and resolve weights as before. The encoded bytes describe themselves (codec, dtype and
-shape per array), so whoever resolves them needs no setting; bytes without the ProxyFlox header
-are ProxyStore's own format, read by its default deserializer.
+Every weights object the project puts is written by :class:`UpdateEncoder` (the ProxyStore
+serializer of the put) and read by :func:`decode_weights` (the deserializer travelling in its
+proxy) in one pickle-free layout (:mod:`proxyflox.codecs.wire`): a JSON header naming each
+array's codec, dtype, shape and place, then raw bytes. The bytes describe themselves, so whoever
+resolves them needs no setting; bytes that are not that layout are refused, never unpickled.
+Without a codec, arrays are read as views of the bytes the store returned (no copy).
 
 Only float arrays are compressed; integer buffers (BatchNorm's ``num_batches_tracked``) and any
 other array travel exactly. A lossless stage (zstd) may follow any codec.
@@ -14,8 +15,6 @@ Codecs are numpy only: the aggregator and the stores import them without torch.
 
 from __future__ import annotations
 
-import json
-import struct
 import threading
 import time
 from collections.abc import Iterator
@@ -24,14 +23,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from proxystore.serialize import deserialize as proxystore_deserialize
-from proxystore.serialize import serialize as proxystore_serialize
 
 from proxyflox.codecs.base import ArrayCodec, Exact
 from proxyflox.codecs.fp16 import Fp16
 from proxyflox.codecs.int8 import ROUNDINGS, SCALES, Int8
 from proxyflox.codecs.topk import TopK
-from proxyflox.weights import Weights, weights_nbytes
+from proxyflox.codecs.wire import read, write
+from proxyflox.errors import WeightsFormatError
+from proxyflox.weights import Layout, Weights, weights_nbytes
 
 __all__ = [
     "CODECS",
@@ -42,6 +41,7 @@ __all__ = [
     "CodecTally",
     "UpdateEncoder",
     "decode_weights",
+    "encode_weights",
     "tally",
 ]
 
@@ -50,8 +50,6 @@ CODECS: dict[str, bool] = {"none": False, "fp16": True, "int8": True, "topk": Tr
 #: ``compression.lossless`` stages.
 LOSSLESS = ("none", "zstd")
 
-MAGIC = b"PFXW\x01"
-_HEADER_LENGTH = struct.Struct("<I")
 ZSTD_LEVEL = 3
 
 
@@ -78,7 +76,7 @@ class CodecSpec:
 
     @property
     def exact(self) -> bool:
-        """No codec and no lossless stage: ProxyStore's own serializer, as without compression."""
+        """No codec and no lossless stage: every array's own bytes, as without compression."""
         return self.codec == "none" and self.lossless == "none"
 
     @property
@@ -131,58 +129,66 @@ def _counts() -> CodecTally:
 class UpdateEncoder:
     """The ProxyStore serializer of one put: encodes weights as ``spec`` says.
 
-    It keeps the bytes it wrote (:attr:`encoded`), so the site can tell what it did not send.
+    With ``keep_encoded`` it keeps the bytes it wrote (:attr:`encoded`), so the site can tell
+    what it did not send; otherwise it keeps nothing (the bytes are a model's size).
 
     Args:
         spec: The site's codec settings.
         seed: Seeds the codec's random draws (stochastic rounding).
+        keep_encoded: Keep the last bytes written in :attr:`encoded`.
     """
 
-    def __init__(self, spec: CodecSpec, seed: int = 0) -> None:
+    def __init__(self, spec: CodecSpec, seed: int = 0, keep_encoded: bool = False) -> None:
         self.spec = spec
         self.seed = seed
-        self.encoded: bytes = b""
+        self.keep_encoded = keep_encoded
+        self.encoded: bytearray = bytearray()
 
-    def __call__(self, weights: Weights) -> bytes:
+    def __call__(self, weights: Weights) -> bytearray:
         """Serialize ``weights``; counted in the thread's :func:`tally`."""
         start = time.perf_counter()
-        self.encoded = proxystore_serialize(weights) if self.spec.exact else self._encode(weights)
+        encoded = self._encode(weights)
         counts = _counts()
         counts.encode_seconds += time.perf_counter() - start
-        counts.encoded_bytes += len(self.encoded)
+        counts.encoded_bytes += len(encoded)
         counts.raw_bytes += weights_nbytes(weights)
-        return self.encoded
+        if self.keep_encoded:
+            self.encoded = encoded
+        return encoded
 
-    def _encode(self, weights: Weights) -> bytes:
+    def _encode(self, weights: Weights) -> bytearray:
         codec = self.spec.array_codec(self.seed)
         exact = Exact()
-        entries: list[list[Any]] = []
-        buffers: list[bytes | memoryview] = []
-        for name, array in weights.items():
+        arrays = []
+        for name, value in weights.items():
+            array = np.asarray(value)
             chosen = codec if np.issubdtype(array.dtype, np.floating) else exact
-            params, parts = chosen.encode(np.asarray(array))
-            entries.append(
-                [name, chosen.name, array.dtype.str, list(array.shape), params,
-                 sum(memoryview(part).nbytes for part in parts)]
-            )  # fmt: skip
-            buffers.extend(parts)
-        payload = b"".join(buffers)
+            params, parts = chosen.encode(array)
+            arrays.append((name, chosen.name, array.dtype, array.shape, params, parts))
         if self.spec.lossless == "zstd":
-            payload = _zstd().ZstdCompressor(level=ZSTD_LEVEL).compress(payload)
-        header = json.dumps(
-            {"lossless": self.spec.lossless, "arrays": entries}, separators=(",", ":")
-        ).encode()
-        return b"".join([MAGIC, _HEADER_LENGTH.pack(len(header)), header, payload])
+            compressor = _zstd().ZstdCompressor(level=ZSTD_LEVEL)
+            return write(arrays, "zstd", compressor.compress)
+        return write(arrays, "none")
 
 
-def decode_weights(data: bytes | bytearray | memoryview) -> Weights:
-    """The ProxyStore deserializer of weights: ours by its header, else ProxyStore's own."""
+def encode_weights(weights: Weights) -> bytearray:
+    """The store's default serializer: every array's own bytes (no codec)."""
+    return UpdateEncoder(CodecSpec())(weights)
+
+
+def decode_weights(data: bytes | bytearray | memoryview, layout: Layout | None = None) -> Weights:
+    """The ProxyStore deserializer of weights: the project's layout only, never a pickle.
+
+    Uncompressed arrays are views of ``data`` (writable where ``data`` is). With ``layout`` (the
+    aggregator's), names, shapes and dtypes other than the model's are refused from the header,
+    before anything is decoded.
+
+    Raises:
+        WeightsFormatError: ``data`` is not a ProxyFlox weights object, or a damaged one.
+        LayoutMismatchError: the arrays are not ``layout``'s.
+    """
     start = time.perf_counter()
-    view = memoryview(data)
-    if view[: len(MAGIC)] != MAGIC:
-        weights: Weights = proxystore_deserialize(data)
-    else:
-        weights = _decode(view[len(MAGIC) :])
+    weights = read(data, _DECODERS, _decompress, layout)
     _counts().decode_seconds += time.perf_counter() - start
     return weights
 
@@ -192,20 +198,22 @@ _DECODERS: dict[str, ArrayCodec] = {
 }
 
 
-def _decode(view: memoryview) -> Weights:
-    (length,) = _HEADER_LENGTH.unpack(view[: _HEADER_LENGTH.size])
-    start = _HEADER_LENGTH.size
-    header = json.loads(bytes(view[start : start + length]))
-    payload = view[start + length :]
-    if header["lossless"] == "zstd":
-        payload = memoryview(_zstd().ZstdDecompressor().decompress(payload))
-    weights: Weights = {}
-    offset = 0
-    for name, codec, dtype, shape, params, nbytes in header["arrays"]:
-        part = payload[offset : offset + nbytes]
-        offset += nbytes
-        weights[name] = _DECODERS[codec].decode(params, part, np.dtype(dtype), tuple(shape))
-    return weights
+def _decompress(payload: memoryview, expected: int) -> bytes:
+    """The zstd payload, refused if its frame announces another size than the header's."""
+    zstandard = _zstd()
+    try:
+        announced = zstandard.frame_content_size(payload)
+        if announced not in (expected, zstandard.CONTENTSIZE_UNKNOWN):
+            raise WeightsFormatError(
+                f"damaged ProxyFlox weights object: its zstd frame holds {announced} bytes, "
+                f"the header says {expected}"
+            )
+        decompressed: bytes = zstandard.ZstdDecompressor().decompress(
+            payload, max_output_size=max(expected, 1)
+        )
+        return decompressed
+    except zstandard.ZstdError as err:
+        raise WeightsFormatError(f"damaged ProxyFlox weights object: zstd: {err}") from None
 
 
 def _zstd() -> Any:

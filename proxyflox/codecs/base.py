@@ -12,7 +12,7 @@ Params = dict[str, Any]
 
 def as_bytes(array: np.ndarray) -> memoryview:
     """The array's memory as bytes, without a copy where it is contiguous already."""
-    return np.ascontiguousarray(array).data.cast("B")
+    return np.ascontiguousarray(array).reshape(-1).view(np.uint8).data
 
 
 class ArrayCodec(Protocol):
@@ -47,5 +47,5 @@ class Exact:
     def decode(
         self, params: Params, payload: memoryview, dtype: np.dtype, shape: tuple[int, ...]
     ) -> np.ndarray:
-        """A copy of the bytes as an array (a copy: the payload's buffer is not ours to keep)."""
-        return np.frombuffer(payload, dtype=dtype).reshape(shape).copy()
+        """The bytes as an array: a view of the payload, no copy (writable where it is)."""
+        return np.frombuffer(payload, dtype=dtype).reshape(shape)

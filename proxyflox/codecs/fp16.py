@@ -36,4 +36,5 @@ class Fp16:
     ) -> np.ndarray:
         """The halves widened back to ``dtype`` and scaled back."""
         halves = np.frombuffer(payload, dtype=np.float16).reshape(shape)
-        return np.ldexp(halves.astype(dtype), -int(params["exp"]))
+        widened = halves.astype(dtype)
+        return np.ldexp(widened, -int(params["exp"]), out=widened)  # in place: one array

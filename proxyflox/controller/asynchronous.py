@@ -9,7 +9,8 @@ with ``staleness_scaling: sqrt`` and ignores staleness with ``none``. The run en
 ``max_updates`` updates arrived or ``max_seconds`` passed; updates still in flight then are
 dropped and evicted.
 
-Outputs: ``updates.csv`` (every update: site, staleness, when), ``rounds.csv`` (one row per
+Outputs: ``updates.csv`` (every update: site, staleness, when, and why the aggregator left it
+out if it did; written once its aggregation is done), ``rounds.csv`` (one row per
 aggregation, i.e. per global version), ``model.pt`` (the newest global model, rewritten by
 the aggregator at every aggregation).
 """
@@ -25,8 +26,8 @@ from typing import Any
 
 from proxyflox.controller.context import RunContext
 from proxyflox.controller.records import traffic
-from proxyflox.errors import RunStoppedError
-from proxyflox.messages import Evaluation, GlobalModel, Instructions, TrainResult
+from proxyflox.errors import RunStoppedError, TooFewUpdatesError
+from proxyflox.messages import AggregateResult, Evaluation, GlobalModel, Instructions, TrainResult
 from proxyflox.strategies import Strategy
 
 
@@ -59,8 +60,9 @@ class _AsyncRun:
         self.version = 0
         self.newest: GlobalModel | None = None
         self.in_flight: dict[Future[TrainResult], _Work] = {}
-        #: (update, staleness, the model a stale change is from, held until aggregated)
-        self.buffer: list[tuple[TrainResult, int, GlobalModel | None]] = []
+        #: (update, staleness, the model a stale change is from (held until aggregated), its
+        #: ``updates.csv`` row, written once the aggregator has said whether it used it)
+        self.buffer: list[tuple[TrainResult, int, GlobalModel | None, dict[str, Any]]] = []
         self.evaluations: list[tuple[dict[str, Any], GlobalModel, Future[Evaluation]]] = []
         self.received = 0
         self.tasks_per_site: Counter[int] = Counter()
@@ -88,7 +90,8 @@ class _AsyncRun:
         for future in self.in_flight:
             ledger.drop(future)  # over budget: dropped, evicted when they arrive
         self.in_flight.clear()
-        for update, _, base in self.buffer:  # a partly filled buffer too
+        for update, _, base, row in self.buffer:  # a partly filled buffer too
+            run.records.write_update(row, update)
             ledger.release(update, *([base] if base is not None else []))
         self.buffer = []
         yield from self._finished_evaluations(block=True)
@@ -141,18 +144,15 @@ class _AsyncRun:
             run.ledger.release(base)
             base = None
         self.received += 1
-        run.records.write_update(
-            {
-                "update": self.received,
-                "site": work.site,
-                "version_started": work.version,
-                "staleness": staleness,
-                "seconds": run.seconds() - self.start,
-            },
-            update,
-        )
+        row = {
+            "update": self.received,
+            "site": work.site,
+            "version_started": work.version,
+            "staleness": staleness,
+            "seconds": run.seconds() - self.start,
+        }
         run.observer.trained(self.version + 1, update)
-        self.buffer.append((update, staleness, base))
+        self.buffer.append((update, staleness, base, row))
         if len(self.buffer) >= self.strategy.updates_per_aggregation:
             self._aggregate()
         if not self._budget_spent():
@@ -161,39 +161,52 @@ class _AsyncRun:
     def _aggregate(self) -> None:
         run, ledger = self.run_, self.run_.ledger
         assert self.newest is not None
-        updates = [update for update, _, _ in self.buffer]
-        staleness = [s for _, s, _ in self.buffer]
-        bases = [base for _, _, base in self.buffer]
-        aggregate = ledger.claim(
-            ledger.expect(
-                run.runtime.aggregate(
-                    self.strategy,
-                    self.newest,
-                    updates,
-                    staleness=staleness,
-                    bases=bases,
-                    save_path=run.run_dir / "model.pt",
+        updates = [update for update, _, _, _ in self.buffer]
+        staleness = [s for _, s, _, _ in self.buffer]
+        bases = [base for _, _, base, _ in self.buffer]
+        rows = [row for _, _, _, row in self.buffer]
+        self.buffer = []
+        try:
+            aggregate: AggregateResult | None = ledger.claim(
+                ledger.expect(
+                    run.runtime.aggregate(
+                        self.strategy,
+                        self.newest,
+                        updates,
+                        staleness=staleness,
+                        bases=bases,
+                        save_path=run.run_dir / "model.pt",
+                    )
                 )
             )
-        )
-        # The previous version and the buffered updates: the controller is done with them
-        # (apps still training from that version keep it until they return).
-        ledger.release(self.newest, *updates, *(base for base in bases if base is not None))
-        self.buffer = []
+            rejected = aggregate.rejected if aggregate is not None else ()
+        except TooFewUpdatesError as err:  # every update left out: no new version
+            aggregate, rejected = None, err.rejected
+        why = {position: reason for position, _, reason in rejected}
+        for position, (row, update) in enumerate(zip(rows, updates, strict=True)):
+            run.records.write_update(row | {"rejected": why.get(position, "")}, update)
+        # The buffered updates (and, once replaced, the previous version): the controller is
+        # done with them (apps still training from that version keep it until they return).
+        done = [base for base in bases if base is not None]
+        ledger.release(*updates, *done, *([self.newest] if aggregate is not None else []))
+        if aggregate is None:
+            return
+        used = [u for position, u in enumerate(updates) if position not in why]
+        staleness = [s for position, s in enumerate(staleness) if position not in why]
         self.version += 1
         self.newest = aggregate.model
         run.observer.aggregated(self.version, aggregate)
         row = {
             "round": self.version,
-            "sites": len(updates),
-            "site_ids": " ".join(str(u.site) for u in updates),
+            "sites": len(used),
+            "site_ids": " ".join(str(u.site) for u in used),
             "staleness": " ".join(map(str, staleness)),
             "updates_total": self.received,
             "seconds": run.seconds() - self.start,
             "aggregate_seconds": aggregate.aggregate_seconds,
             "aggregate_resolve_seconds": aggregate.resolve_seconds,
             "model_bytes": aggregate.model_bytes,
-        } | traffic(updates, aggregate)
+        } | traffic(used, aggregate)
         evaluation = ledger.expect(run.runtime.evaluate(self.newest), uses=[self.newest])
         self.evaluations.append((row, self.newest, evaluation))
 

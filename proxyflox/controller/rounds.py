@@ -27,7 +27,7 @@ import concurrent.futures
 import contextlib
 import functools
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -48,8 +48,8 @@ from proxyflox.controller.records import (
     summarize_failures,
 )
 from proxyflox.controller.tree import tree_round
-from proxyflox.errors import RunStoppedError
-from proxyflox.messages import Evaluation, GlobalModel, Instructions, TrainResult
+from proxyflox.errors import RunStoppedError, TooFewUpdatesError
+from proxyflox.messages import Evaluation, GlobalModel, Instructions, Rejection, TrainResult
 from proxyflox.results import read_rounds
 from proxyflox.strategies import Strategy
 
@@ -127,25 +127,32 @@ def run_rounds(
                 arrived.consumed(),
                 save_path=run.run_dir / "model.pt" if last else None,
                 checkpoint_dir=checkpoint_dir(run.run_dir, round_number),
+                # A tree's root reads partials: min_clients was counted over sites above.
+                min_updates=config.min_clients if run.plan.tree is None else 1,
             )
         )
         # The previous round's evaluation ran beside this round's training and, on the
         # aggregator, before this aggregate: its row is written while the aggregate runs.
         if pending is not None:
             yield finish(run, pending)
-        aggregate = ledger.claim(aggregating)
+        try:
+            aggregate = ledger.claim(aggregating)
+        except TooFewUpdatesError as err:
+            failed = arrived.failed | left_out_sites(arrived, err.rejected)
+            raise RunStoppedError(
+                f"round {round_number}: {len(arrived.updates) - len(err.rejected)} of "
+                f"{len(sites)} sites sent an update that passed the aggregator's checks, fewer "
+                f"than min_clients={config.min_clients} ({summarize_failures(failed)})"
+            ) from None
         round_seconds = time.perf_counter() - start
         run.observer.aggregated(round_number, aggregate)
+        # Updates the aggregator left out count as failed sites of the round, with its reason.
+        left_out = left_out_sites(arrived, aggregate.rejected)
+        used = [update for update in arrived.updates if update.site not in left_out]
+        failed = arrived.failed | left_out
         pending = PendingRound(
             round_number,
-            round_row(
-                round_number,
-                arrived.updates,
-                arrived.late,
-                arrived.failed,
-                aggregate,
-                round_seconds,
-            )
+            round_row(round_number, used, arrived.late, failed, aggregate, round_seconds)
             | strategy.round_report(round_number, started_from),
             *evaluate(run, aggregate.model),
             partition=run.records.partition_rows("train", arrived.updates)
@@ -156,8 +163,8 @@ def run_rounds(
         # The old global model (with its strategy state) and the updates: nobody needs them now.
         ledger.release(global_model, *arrived.consumed(), *arrived.held)
         global_model = aggregate.model
-        accepted.update((update.site, round_number) for update in arrived.updates)
-        unmarked = (pending, arrived.updates)
+        accepted.update((update.site, round_number) for update in used)
+        unmarked = (pending, used)
     if unmarked is not None:
         mark(run, *unmarked)
     if pending is not None:
@@ -234,7 +241,8 @@ class Arrivals:
     updates: list[TrainResult] = field(default_factory=list)
     #: Sites that missed the deadline: their apps run on, their updates are evicted on arrival.
     late: list[int] = field(default_factory=list)
-    #: Sites whose app failed (after Parsl's retries), with the reason.
+    #: Sites whose app failed (after Parsl's retries), with the reason (the aggregator adds the
+    #: sites whose update it left out).
     failed: dict[int, str] = field(default_factory=dict)
     #: What the aggregate consumes, where not ``updates``: in a tree, the root's own sites'
     #: updates and its groups' partials.
@@ -245,6 +253,20 @@ class Arrivals:
     def consumed(self) -> list[Any]:
         """What the round's aggregate reads, held by the controller until it is made."""
         return self.updates if self.inputs is None else self.inputs
+
+
+def left_out_sites(arrived: Arrivals, rejected: Sequence[Rejection]) -> dict[int, str]:
+    """The sites behind the updates the aggregator left out, with its reason.
+
+    A rejection names its position among what the aggregate read: a site's update, or in a
+    tree a group's partial, which stands for all the group's sites.
+    """
+    inputs = arrived.consumed()
+    left_out: dict[int, str] = {}
+    for position, site, why in rejected:
+        sites = getattr(inputs[position], "sites", (site,))
+        left_out.update((each, why) for each in sites)
+    return left_out
 
 
 def collect(

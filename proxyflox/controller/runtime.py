@@ -278,12 +278,14 @@ class ParslRuntime:
         bases: Sequence[GlobalModel | None] = (),
         save_path: Path | None = None,
         checkpoint_dir: Path | None = None,
+        min_updates: int = 1,
     ) -> Future[AggregateResult]:
         """The next global model, on the aggregator.
 
         The task carries each update's key and sample count, and the store config once.
         ``bases``: per update, the global model its change is from where that is not
-        ``global_model`` (stale asynchronous updates).
+        ``global_model`` (stale asynchronous updates). With fewer than ``min_updates`` updates
+        passing the aggregator's checks the app raises ``TooFewUpdatesError``.
         """
         task = AggregateTask(
             strategy=strategy,
@@ -297,6 +299,8 @@ class ParslRuntime:
             save_path=str(save_path) if save_path else None,
             checkpoint_dir=str(checkpoint_dir) if checkpoint_dir else None,
             broadcast=self.broadcast,
+            layout=global_model.layout,
+            min_updates=min_updates,
         )
         return self._submit(self._aggregate(task))
 
@@ -332,6 +336,7 @@ class ParslRuntime:
             result_store_config=result_store_config
             if result_store_config != store_config
             else None,
+            layout=model.layout,
         )
         return self._submit(self._aggregate_group[group.aggregator](task))
 
@@ -368,7 +373,9 @@ def update_refs(
             stale,
             update.change,
             key_of(base.weights) if base is not None else None,
-            getattr(update, "unclipped", None),  # a group's partial reports none
+            # A group's partial reports neither (its sites' are in the group's result).
+            unclipped=getattr(update, "unclipped", None),
+            site=getattr(update, "site", None),
         )
         for update, stale, base in zip(
             updates,

@@ -202,7 +202,9 @@ def tree_round(
     inputs: dict[str | None, list[TrainResult | Partial]] = {name: [] for name in pending}
     #: The site updates inside each node's inputs, its partial's included.
     contents: dict[str | None, list[TrainResult]] = {name: [] for name in pending}
-    aggregating: dict[Future[AggregateResult], tuple[TreeNode, bool]] = {}
+    aggregating: dict[
+        Future[AggregateResult], tuple[TreeNode, bool, list[TrainResult | Partial]]
+    ] = {}
     rank = {node.name: index for index, node in enumerate(nodes)}
 
     def in_order(child: TrainResult | Partial) -> tuple[int, int]:
@@ -224,7 +226,11 @@ def tree_round(
             node, models[name], children, stores.configs[name], stores.configs[node.parent]
         )
         changes = all(child.change for child in children)
-        aggregating[ledger.expect(future, uses=[*children, models[name]])] = (node, changes)
+        aggregating[ledger.expect(future, uses=[*children, models[name]])] = (
+            node,
+            changes,
+            children,
+        )
         ledger.release(*children)  # the app holds them now
 
     for node in reversed(nodes):  # groups lost on the way down are settled at once
@@ -259,7 +265,7 @@ def tree_round(
                     contents[group].append(update)
                 child_settled(group)
             else:
-                node, changes = aggregating.pop(future)
+                node, changes, children = aggregating.pop(future)
                 held = contents[node.name]
                 try:
                     result: AggregateResult = ledger.claim(future)
@@ -267,6 +273,12 @@ def tree_round(
                     why = f"group {node.name} aggregator: {failure_reason(err)}"
                     arrivals.failed.update((update.site, why) for update in held)
                 else:
+                    # What the group's aggregator left out fails its sites, with its reason.
+                    for position, site, why in result.rejected:
+                        child = children[position]
+                        for each in child.sites if isinstance(child, Partial) else (site,):
+                            arrivals.failed[each] = why
+                    held = [update for update in held if update.site not in arrivals.failed]
                     samples = sum(update.num_samples for update in held)
                     sites_in = tuple(update.site for update in held)
                     partial = Partial(

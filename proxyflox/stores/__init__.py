@@ -10,12 +10,14 @@ baseline that shows what the store saves).
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, cast
 
 from proxystore.connectors.protocols import Connector
 from proxystore.proxy import Proxy, get_factory
+from proxystore.serialize import SerializationError
 from proxystore.store import get_or_create_store
 from proxystore.store.base import Store
 from proxystore.store.config import StoreConfig
@@ -23,8 +25,8 @@ from proxystore.store.exceptions import ProxyResolveMissingKeyError
 from proxystore.store.factory import StoreFactory
 from proxystore.store.utils import get_key
 
-from proxyflox.codecs import UpdateEncoder, decode_weights
-from proxyflox.errors import StoreUnreachableError
+from proxyflox.codecs import UpdateEncoder, decode_weights, encode_weights
+from proxyflox.errors import LayoutMismatchError, StoreUnreachableError, WeightsFormatError
 from proxyflox.stores.access_log import AccessLogConnector
 from proxyflox.stores.backend import StoreBackend
 from proxyflox.stores.endpoint import EndpointBackend, use_proxystore_home
@@ -33,7 +35,7 @@ from proxyflox.stores.host_copies import shared_reads
 from proxyflox.stores.multi import MultiBackend, StoreRoute, use_store_route
 from proxyflox.stores.redis import RedisBackend
 from proxyflox.stores.settings import StoreSettings
-from proxyflox.weights import Weights
+from proxyflox.weights import Layout, Weights
 
 __all__ = [
     "BACKENDS",
@@ -84,11 +86,21 @@ def open_store(settings: StoreSettings, run_dir: Path, name: str) -> Store[Any]:
     them through it (weights are read through the factory), and with threads the controller
     would keep every update of a round in memory; a populated proxy of a dict also keeps the
     putting app's frames alive (ProxyStore stores the ``TypeError`` of hashing its target).
+    Its serializer and deserializer are the project's pickle-free ones (they travel in the
+    store's config to every app): nothing read from this store is ever unpickled.
     """
     connector: Connector[Any] = BACKENDS[settings.backend].connector(settings, run_dir)
     if settings.access_log:
         connector = AccessLogConnector(connector, str(run_dir / "store-access.log"))
-    return Store(name, connector, cache_size=0, populate_target=False, register=True)
+    return Store(
+        name,
+        connector,
+        serializer=encode_weights,
+        deserializer=decode_weights,
+        cache_size=0,
+        populate_target=False,
+        register=True,
+    )
 
 
 def enter_site(proxystore_home: str | None, store_route: StoreRoute | None = None) -> None:
@@ -137,44 +149,67 @@ def put_weights(
 ) -> tuple[WeightsRef, float]:
     """Put weights into the store (in the calling app's process); return the ref and seconds.
 
-    ``encoder`` serializes them (a codec); its deserializer travels in the proxy, so whoever
-    resolves it decodes without being told how. Without one: ProxyStore's own serializer.
+    ``encoder`` serializes them (a codec); without one, every array's own bytes. Either way the
+    project's pickle-free layout, whose deserializer travels in the proxy: whoever resolves it
+    decodes without being told how.
     """
     if store is None:
         return weights, 0.0
     start = time.perf_counter()
-    if encoder is None:
-        proxy = store.proxy(weights)
-    else:
-        proxy = store.proxy(weights, serializer=encoder, deserializer=decode_weights)
+    proxy = store.proxy(weights, serializer=encoder or encode_weights, deserializer=decode_weights)
     return proxy, time.perf_counter() - start
 
 
 def resolve_weights(
-    ref: WeightsRef, store: Store[Any] | None = None, *, shared: bool = False
+    ref: WeightsRef,
+    store: Store[Any] | None = None,
+    layout: Layout | None = None,
+    *,
+    shared: bool = False,
 ) -> tuple[Weights, float]:
     """Fetch and deserialize the weights behind a proxy or a key; return them and the seconds.
 
     A proxy is read through its factory instead of being resolved in place: a resolved proxy
     would keep its copy of the weights alive for as long as the proxy lives. A bare key (what
-    the aggregator gets) is read from ``store``; its bytes say how they were encoded.
+    the aggregator gets) is read from ``store``; its bytes say how they were encoded, and with
+    ``layout`` arrays other than the model's are refused before they are decoded.
     ``shared``: other workers of this host read the same object (the global model), so a peer
     endpoint's object crosses to the host once (:mod:`proxyflox.stores.host_copies`).
+
+    Raises:
+        WeightsFormatError: the stored bytes are not a ProxyFlox weights object.
+        LayoutMismatchError: they are, but not of ``layout``.
+        ProxyResolveMissingKeyError: nothing is stored under the key.
     """
     start = time.perf_counter()
-    if isinstance(ref, Proxy):  # first: a proxy of a dict passes isinstance(proxy, dict)
-        with shared_reads() if shared else nullcontext():
-            weights: Weights = get_factory(ref)()
-    elif isinstance(ref, dict):
+    if not isinstance(ref, Proxy) and isinstance(ref, dict):  # Proxy first: a proxy of a dict
+        # passes isinstance(proxy, dict), resolving itself to answer
         return ref, 0.0
-    else:
-        if store is None:
-            raise ValueError(f"a store key needs its store to be read: {ref!r}")
-        fetched = store.get(ref, deserializer=decode_weights, default=_MISSING)
-        if fetched is _MISSING:
-            raise ProxyResolveMissingKeyError(ref, type(store), store.name)
-        weights = cast(Weights, fetched)
+    try:
+        if isinstance(ref, Proxy):
+            with shared_reads() if shared else nullcontext():
+                weights: Weights = get_factory(ref)()
+        else:
+            if store is None:
+                raise ValueError(f"a store key needs its store to be read: {ref!r}")
+            fetched = store.get(ref, deserializer=_decoder(layout), default=_MISSING)
+            if fetched is _MISSING:
+                raise ProxyResolveMissingKeyError(ref, type(store), store.name)
+            weights = cast(Weights, fetched)
+    except SerializationError as err:  # ProxyStore's wrapper: the decoder's own error says why
+        if isinstance(err.__cause__, WeightsFormatError | LayoutMismatchError):
+            raise err.__cause__ from None
+        raise
     return weights, time.perf_counter() - start
+
+
+def _decoder(layout: Layout | None) -> Callable[[Any], Weights]:
+    """The deserializer of one read (a function: ProxyStore names it in its errors)."""
+
+    def decode_with_layout(data: Any) -> Weights:
+        return decode_weights(data, layout)
+
+    return decode_weights if layout is None else decode_with_layout
 
 
 def key_of(ref: WeightsRef) -> WeightsRef:

@@ -6,15 +6,44 @@ The directory is on a local disk or a shared filesystem. The default on one mach
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 
-from proxystore.connectors.file import FileConnector
+from proxystore.connectors.file import FileConnector, FileKey
 
 from proxyflox.errors import StoreUnreachableError
 from proxyflox.stores.settings import StoreSettings
 
 
-def file_connector(directory: Path) -> FileConnector:
+class OwnedBufferFileConnector(FileConnector):
+    """ProxyStore's file connector, reading each object into a ``bytearray`` of its own.
+
+    ``FileConnector.get`` returns immutable ``bytes``; over a ``bytearray`` the arrays of a
+    weights object are writable views (the aggregator adds into them in place), with the one
+    read of the file that ``get`` does anyway and no copy after it.
+    """
+
+    def get(self, key: FileKey) -> bytearray | None:
+        """The object's bytes, or ``None`` if it is not (completely) written."""
+        path = os.path.join(self.store_dir, key.filename)
+        if not os.path.exists(path + ".ready"):
+            return None
+        with open(path, "rb", buffering=0) as file:
+            size = os.fstat(file.fileno()).st_size
+            buffer = bytearray(size)
+            view = memoryview(buffer)
+            read = 0
+            while read < size:
+                got = file.readinto(view[read:])
+                if not got:  # the file shrank under the reader: what is there is all there is
+                    del view
+                    del buffer[read:]
+                    break
+                read += got
+        return buffer
+
+
+def file_connector(directory: Path) -> OwnedBufferFileConnector:
     """A connector on ``directory``, the run's own, created private to the user (mode 0700).
 
     A parent that does not exist yet is created private too; one that exists keeps its mode.
@@ -24,7 +53,7 @@ def file_connector(directory: Path) -> FileConnector:
     directory.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     directory.mkdir(exist_ok=True, mode=0o700)
     directory.chmod(0o700)
-    return FileConnector(str(directory.resolve()), clear=False)
+    return OwnedBufferFileConnector(str(directory.resolve()), clear=False)
 
 
 def given_or_default(settings: StoreSettings, run_dir: Path | None) -> Path:
@@ -63,7 +92,7 @@ class FileBackend:
         if not parent.is_dir():
             raise StoreUnreachableError(f"{self.describe(settings, None)}: {parent} does not exist")
 
-    def connector(self, settings: StoreSettings, run_dir: Path) -> FileConnector:
+    def connector(self, settings: StoreSettings, run_dir: Path) -> OwnedBufferFileConnector:
         """A connector on the store directory, which it creates."""
         return file_connector(store_directory(settings, run_dir))
 

@@ -97,16 +97,12 @@ class Strategy:
         return {}
 
     def aggregate_train(
-        self,
-        global_weights: Weights,
-        updates: Iterable[Update],
-        total_samples: int,
-        state: ServerState,
+        self, global_weights: Weights, updates: Iterable[Update], state: ServerState
     ) -> tuple[Weights, ServerState]:
         """The new global model and state from the current one and the sites' updates.
 
-        ``total_samples`` is the sum of the updates' ``num_samples`` (known before any update
-        is resolved, so the mean is built in one pass). Update arrays may be modified.
+        Which updates pass the aggregator's checks is known only as they are read, so nothing
+        may depend on their number or samples in advance. Update arrays may be modified.
         """
         raise NotImplementedError
 
@@ -121,50 +117,57 @@ class Strategy:
         return {name: sum(n * m[name] for n, m in results) / total for name in names}
 
 
-def weighted_mean(updates: Iterable[Update], total_samples: int) -> Weights:
+#: Entries per step of a scaled add (a scratch buffer this long, not one the size of an array).
+CHUNK = 1 << 16
+
+
+def weighted_mean(updates: Iterable[Update]) -> Weights:
     """Sample-weighted mean of the updates, consuming them one at a time.
 
-    Each update is scaled in place by ``num_samples / total_samples`` and added to one
-    accumulator in the update's own dtype, so memory stays at the accumulator plus the update
-    being added (no temporaries), whatever the number of sites; a single update comes back bit
-    for bit (its coefficient is exactly 1). Integer arrays (e.g. BatchNorm's
-    ``num_batches_tracked``) are averaged in float64 and rounded back.
+    Accumulates the sample-weighted sum and the sample count, and divides once at the end: the
+    updates' number and samples need not be known in advance (the aggregator learns which pass
+    its checks only as it reads them). Memory stays at the accumulator plus the update being
+    added, whatever the number of sites: the first update's arrays become the accumulator where
+    they are writable, and each later one is added scaled through a small scratch buffer, so
+    updates may be read-only views of the bytes a store returned. A single update comes back
+    bit for bit (it is never scaled). Floats accumulate in their own dtype (halves in float32);
+    integer and bool arrays (e.g. BatchNorm's ``num_batches_tracked``) in float64, rounded back.
 
     Args:
-        updates: The updates; their arrays are modified (the caller resolved them for this).
-        total_samples: Sum of ``num_samples`` over all updates.
+        updates: The updates; writable arrays may be modified (the caller resolved them for this).
+
+    Raises:
+        ValueError: no updates, an update without samples, or updates of different models.
     """
     total: Weights | None = None
     dtypes: dict[str, np.dtype[Any]] = {}
-    seen = 0
+    samples = first_samples = count = 0
+    scratch: dict[np.dtype[Any], np.ndarray] = {}
     for update in updates:
         if update.num_samples <= 0:
             raise ValueError(f"an update reports {update.num_samples} samples; need at least 1")
         weights = update.weights
-        share = update.num_samples / total_samples
-        if total is not None and weights.keys() != total.keys():
-            raise ValueError("updates disagree on parameter names; are all sites on one model?")
         if total is None:
-            total, dtypes = {}, {name: a.dtype for name, a in weights.items()}
-        for name, array in weights.items():
-            array = np.asarray(array)
-            if not is_float(array):
-                array = array.astype(np.float64)
-            elif not array.flags.writeable:
-                array = array.copy()
-            np.multiply(array, array.dtype.type(share), out=array)
-            if name in total:
-                total[name] += array
-            else:
-                total[name] = array
-        seen += update.num_samples
-        del update, weights, array  # release this update before the iterator fetches the next
+            dtypes = {name: np.asarray(a).dtype for name, a in weights.items()}
+            total = {name: _accumulator(np.asarray(a)) for name, a in weights.items()}
+            first_samples = update.num_samples
+        else:
+            if weights.keys() != total.keys():
+                raise ValueError("updates disagree on parameter names; are all sites on one model?")
+            if count == 1:  # the first update was taken as it is: now it needs its weight
+                for summed in total.values():
+                    np.multiply(summed, first_samples, out=summed)
+            _add_update(total, weights, update.num_samples, scratch)
+        samples += update.num_samples
+        count += 1
+        del update, weights  # release this update before the iterator fetches the next
     if total is None:
         raise ValueError("no updates to aggregate")
-    if seen != total_samples:
-        raise ValueError(f"updates hold {seen} samples, not the {total_samples} announced")
+    if count > 1:
+        for summed in total.values():
+            np.divide(summed, samples, out=summed)
     return {
-        name: np.rint(summed).astype(dtypes[name]) if dtypes[name].kind in "iu" else summed
+        name: np.rint(summed).astype(dtypes[name]) if dtypes[name].kind in "biu" else summed
         for name, summed in total.items()
     }
 
@@ -181,6 +184,45 @@ def state_scalars(state: ServerState) -> dict[str, float]:
     }
 
 
+def _accumulator(array: np.ndarray) -> np.ndarray:
+    """The first update's array as the running total: itself where it can be, else one copy."""
+    if not is_float(array):
+        return array.astype(np.float64)
+    if array.dtype.itemsize < 4:
+        return array.astype(np.float32)
+    if array.flags.writeable and array.flags.c_contiguous:
+        return array
+    return np.array(array, order="C")
+
+
+def _add_update(
+    total: Weights, weights: Weights, weight: int, scratch: dict[np.dtype[Any], np.ndarray]
+) -> None:
+    """Add one update into the total (a function of its own: no name outlives the update)."""
+    for name, array in weights.items():
+        _add_scaled(total[name], np.asarray(array), weight, scratch)
+
+
+def _add_scaled(
+    total: np.ndarray, array: np.ndarray, weight: int, scratch: dict[np.dtype[Any], np.ndarray]
+) -> None:
+    """``total += weight * array`` in place, a chunk at a time (no array-sized temporary)."""
+    if array.shape != total.shape:
+        raise ValueError(f"updates disagree on an array's shape: {array.shape} != {total.shape}")
+    flat_total, flat = total.reshape(-1), array.reshape(-1)
+    if weight == 1:
+        np.add(flat_total, flat, out=flat_total, casting="unsafe")
+        return
+    buffer = scratch.get(total.dtype)
+    if buffer is None:
+        buffer = scratch[total.dtype] = np.empty(min(CHUNK, max(flat.size, 1)), total.dtype)
+    for start in range(0, flat.size, buffer.size):
+        part = buffer[: min(buffer.size, flat.size - start)]
+        into = flat_total[start : start + part.size]
+        np.multiply(flat[start : start + part.size], weight, out=part, casting="unsafe")
+        np.add(into, part, out=into)
+
+
 def is_float(array: np.ndarray) -> bool:
     """Server optimizers move float arrays only; integer buffers follow the plain average."""
     return bool(np.issubdtype(array.dtype, np.floating))
@@ -194,9 +236,10 @@ def step_floats(
     Each float array goes to ``step(name, array as float64)`` and the result is cast back to its
     dtype; integer arrays (e.g. BatchNorm counters) are taken from ``integers_from``.
     """
+    # Integer arrays are copied: a view would keep the whole buffer it was read from alive.
     return {
         name: step(name, array.astype(np.float64)).astype(array.dtype)
         if is_float(array)
-        else integers_from[name]
+        else np.array(integers_from[name])
         for name, array in current.items()
     }

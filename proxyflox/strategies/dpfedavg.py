@@ -127,7 +127,6 @@ class DPFedAvg(Strategy):
         self,
         global_weights: Weights,
         updates: Iterable[Update],
-        total_samples: int,
         state: ServerState,
     ) -> tuple[Weights, ServerState]:
         """Add the noised mean of the clipped changes; adapt the clip norm if asked."""

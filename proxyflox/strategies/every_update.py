@@ -60,7 +60,6 @@ class EveryUpdateStrategy(Strategy):
         self,
         global_weights: Weights,
         updates: Iterable[Update],
-        total_samples: int,
         state: ServerState,
     ) -> tuple[Weights, ServerState]:
         """The rule over all the round's models; the state passes through unchanged."""

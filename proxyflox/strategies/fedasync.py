@@ -46,11 +46,7 @@ class FedAsync(Strategy):
     staleness_b: float = 4.0
 
     def aggregate_train(
-        self,
-        global_weights: Weights,
-        updates: Iterable[Update],
-        total_samples: int,
-        state: ServerState,
+        self, global_weights: Weights, updates: Iterable[Update], state: ServerState
     ) -> tuple[Weights, ServerState]:
         """Mix each update into the model in arrival order; the state passes through unchanged."""
         new = global_weights

@@ -22,11 +22,7 @@ class FedAvg(Strategy):
     averages_models: ClassVar[bool] = True
 
     def aggregate_train(
-        self,
-        global_weights: Weights,
-        updates: Iterable[Update],
-        total_samples: int,
-        state: ServerState,
+        self, global_weights: Weights, updates: Iterable[Update], state: ServerState
     ) -> tuple[Weights, ServerState]:
         """The sample-weighted mean of the updates; the state passes through unchanged."""
-        return weighted_mean(updates, total_samples), state
+        return weighted_mean(updates), state

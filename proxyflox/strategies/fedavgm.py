@@ -25,14 +25,10 @@ class FedAvgM(Strategy):
     server_momentum: float = 0.9
 
     def aggregate_train(
-        self,
-        global_weights: Weights,
-        updates: Iterable[Update],
-        total_samples: int,
-        state: ServerState,
+        self, global_weights: Weights, updates: Iterable[Update], state: ServerState
     ) -> tuple[Weights, ServerState]:
         """Move the model towards the mean with server momentum, kept in ``state["velocity"]``."""
-        mean = weighted_mean(updates, total_samples)
+        mean = weighted_mean(updates)
         velocity: Weights = dict(state.get("velocity", {}))
 
         def step(name: str, current: np.ndarray) -> np.ndarray:

@@ -50,11 +50,7 @@ class FedBuff(Strategy):
         return self.buffer_size
 
     def aggregate_train(
-        self,
-        global_weights: Weights,
-        updates: Iterable[Update],
-        total_samples: int,
-        state: ServerState,
+        self, global_weights: Weights, updates: Iterable[Update], state: ServerState
     ) -> tuple[Weights, ServerState]:
         """Add ``server_lr`` times the buffer's mean change; the state is unchanged."""
         if self.staleness_scaling not in STALENESS_SCALINGS:
@@ -65,7 +61,7 @@ class FedBuff(Strategy):
         newest: Weights = {}
         buffered = _keeping_integers(updates, newest)
         if self.staleness_scaling == "none":
-            mean_delta = weighted_mean(buffered, total_samples)
+            mean_delta = weighted_mean(buffered)
         else:
             mean_delta = _scaled_mean(buffered, STALENESS_SCALINGS[self.staleness_scaling])
         new = {

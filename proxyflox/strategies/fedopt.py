@@ -34,14 +34,10 @@ class FedOpt(Strategy):
         raise NotImplementedError
 
     def aggregate_train(
-        self,
-        global_weights: Weights,
-        updates: Iterable[Update],
-        total_samples: int,
-        state: ServerState,
+        self, global_weights: Weights, updates: Iterable[Update], state: ServerState
     ) -> tuple[Weights, ServerState]:
         """One optimizer step on the mean change, moments kept in ``state["m"]``/``["v"]``."""
-        mean = weighted_mean(updates, total_samples)
+        mean = weighted_mean(updates)
         m_all: Weights = dict(state.get("m", {}))
         v_all: Weights = dict(state.get("v", {}))
 
