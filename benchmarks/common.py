@@ -139,6 +139,20 @@ def write_csv(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
             writer.writerow({k: f"{v:.6g}" if isinstance(v, float) else v for k, v in row.items()})
 
 
+def save_figure(figure: Any, axes: Sequence[Any], path: Path) -> None:
+    """Grid and legend on every axis (a legend only where something is labelled), then the
+    figure to ``path``, closed."""
+    import matplotlib.pyplot as plt
+
+    for axis in axes:
+        axis.grid(True, which="both", alpha=0.3)
+        if axis.get_legend_handles_labels()[0]:
+            axis.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
 def numbers(record: Any) -> dict[str, Any]:
     """A record's numbers and strings, without its references: what a benchmark keeps of a
     result (keeping the record would keep its proxies alive, and the controller's memory is what

@@ -248,6 +248,25 @@ class Traffic:
         return Traffic(self.a_to_b - other.a_to_b, self.b_to_a - other.b_to_a)
 
 
+def read_counters(ends: Mapping[str, LinkEnd]) -> dict[str, Traffic]:
+    """Bytes that crossed each link so far, by link name, read at ``ends``
+    (:attr:`NetLab.link_ends`); works from inside any namespace of the lab too."""
+    stats: dict[str, dict[str, Any]] = {}
+    for namespace in {end.namespace for end in ends.values()}:
+        listed = subprocess.run(
+            ["ip", "-n", namespace, "-j", "-s", "link", "show"],
+            capture_output=True, text=True, check=True,
+        )  # fmt: skip
+        for entry in json.loads(listed.stdout):
+            stats[f"{namespace}/{entry['ifname']}"] = entry["stats64"]
+    counts = {}
+    for name, end in ends.items():
+        entry = stats[f"{end.namespace}/{end.interface}"]
+        tx, rx = int(entry["tx"]["bytes"]), int(entry["rx"]["bytes"])
+        counts[name] = Traffic(rx, tx) if end.flipped else Traffic(tx, rx)
+    return counts
+
+
 def traffic_since(
     before: Mapping[str, Traffic], after: Mapping[str, Traffic]
 ) -> dict[str, Traffic]:
@@ -420,20 +439,13 @@ class NetLab(ClosedOnExit):
 
     def counters(self) -> dict[str, Traffic]:
         """Bytes that crossed each link so far, by link name."""
-        stats: dict[str, dict[str, Any]] = {}
-        for namespace in {end.namespace for end in self._ends.values()}:
-            listed = subprocess.run(
-                ["ip", "-n", namespace, "-j", "-s", "link", "show"],
-                capture_output=True, text=True, check=True,
-            )  # fmt: skip
-            for entry in json.loads(listed.stdout):
-                stats[f"{namespace}/{entry['ifname']}"] = entry["stats64"]
-        counts = {}
-        for name, end in self._ends.items():
-            entry = stats[f"{end.namespace}/{end.interface}"]
-            tx, rx = int(entry["tx"]["bytes"]), int(entry["rx"]["bytes"])
-            counts[name] = Traffic(rx, tx) if end.flipped else Traffic(tx, rx)
-        return counts
+        return read_counters(self._ends)
+
+    @property
+    def link_ends(self) -> dict[str, LinkEnd]:
+        """Where each link's bytes are read (for :func:`read_counters` in another process,
+        e.g. one running inside a host)."""
+        return dict(self._ends)
 
     def send(self, source: str, target: str, size: int, port: int = 9000) -> float:
         """Send ``size`` bytes over TCP from host ``source`` to host ``target``; returns the
