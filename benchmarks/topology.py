@@ -54,8 +54,10 @@ from benchmarks.common import (
     ROOT,
     SWEEP_MODELS,
     median,
+    offset_train,
     print_machine,
     project_root_on_pythonpath,
+    relay_train,
     save_figure,
     write_csv,
 )
@@ -109,8 +111,9 @@ class LabMode:
     store: Callable[[NetLab], dict[str, Any]]
     #: ``compression.*`` settings (e.g. ``{"compression.codec": "fp16"}``).
     compression: Mapping[str, str] = field(default_factory=dict)
-    #: Settings of an aggregator tree (none exists yet; its keys go here).
-    tree: Mapping[str, str] = field(default_factory=dict)
+    #: An aggregator tree: a function that starts the groups' servers in the lab and returns
+    #: the ``tree.groups`` setting (``None``: flat).
+    tree: Callable[[NetLab], dict[str, Any]] | None = None
     #: The variants where it counts (``None``: all).
     only_in: tuple[str, ...] | None = None
 
@@ -121,8 +124,37 @@ class LabMode:
 
     def settings(self, lab: NetLab) -> dict[str, Any]:
         """The mode's experiment settings, its servers started in ``lab``."""
-        return self.store(lab) | dict(self.compression) | dict(self.tree)
+        tree = self.tree(lab) if self.tree is not None else {}
+        return self.store(lab) | dict(self.compression) | tree
 
+
+def lab_groups(lab: NetLab) -> dict[str, dict[str, Any]]:
+    """One group per lab: each ``group`` host aggregates the sites on its switch."""
+    topology = lab.topology
+    groups = {}
+    for host in topology.role("group"):
+        (switch,) = (end for end in topology.links[topology.link_of(host)].ends if end != host)
+        sites = [site for site in topology.role("site") if switch in topology.links[
+            topology.link_of(site)].ends]  # fmt: skip
+        groups[switch] = {"aggregator": host, "sites": sites}
+    return groups
+
+
+def tree_sharing_the_store(lab: NetLab) -> dict[str, Any]:
+    """Each lab's aggregator reads and writes the run's store (endpoints: its own endpoint)."""
+    return {"tree.groups": lab_groups(lab)}
+
+
+def tree_with_lab_redis(lab: NetLab) -> dict[str, Any]:
+    """Each lab's aggregator runs its lab's own Redis, where its sites read and write."""
+    groups = lab_groups(lab)
+    for group in groups.values():
+        host, port = lab.start_redis(group["aggregator"])
+        group["store"] = {"backend": "redis", "host": host, "port": port}
+    return {"tree.groups": groups}
+
+
+T3_TREE = ("t3-tree",)
 
 #: Every mode, in the order they rotate. A new mode is one more entry: a codec or a tree is
 #: ``LabMode("redis-fp16", redis_store, compression={...})``.
@@ -133,6 +165,10 @@ MODES: dict[str, LabMode] = {
         LabMode("file", file_store, only_in=("t1", "t1-lan")),
         LabMode("redis", redis_store),
         LabMode("endpoint", endpoint_store),
+        # Trees, where a lab has a group aggregator: with one Redis for everyone the sites'
+        # updates would cross the uplink to it and back to their group, so not that one.
+        LabMode("tree-redis-lab", redis_store, tree=tree_with_lab_redis, only_in=T3_TREE),
+        LabMode("tree-endpoint", endpoint_store, tree=tree_sharing_the_store, only_in=T3_TREE),
         # multi: ProxyStore's MultiConnector with per-site routes, once its backend is in
         # proxyflox/stores/: LabMode("multi", multi_store) with a multi_store(lab) that starts
         # what its routes need and returns its store.* settings.
@@ -157,6 +193,9 @@ class Variant:
     must_cross: Callable[[LabMode, int, int], float]
     rates: Mapping[str, str] = field(default_factory=dict)
     description: str = ""
+    #: Sites send updates that differ (``offset_train``) and each block's last global model is
+    #: kept, so that modes' models can be compared (trees against flat).
+    compare_models: bool = False
 
     def topology_file(self, workdir: Path) -> Path:
         """The topology file, with this variant's rates (written to ``workdir`` if any)."""
@@ -184,6 +223,12 @@ def site_copies(mode: LabMode, behind: int, sites: int) -> float:
     return 2.0 * behind
 
 
+def tree_copies(mode: LabMode, behind: int, sites: int) -> float:
+    """A lab's uplink: flat as :func:`site_copies`; in a tree the global model down to the
+    lab's aggregator once, its one partial up."""
+    return 2.0 if mode.tree is not None else site_copies(mode, behind, sites)
+
+
 VARIANTS: dict[str, Variant] = {
     variant.name: variant
     for variant in (
@@ -195,11 +240,16 @@ VARIANTS: dict[str, Variant] = {
                 description="Pis on WiFi: each site on its own 25 Mbit link"),
         Variant("t3", "t3", ("uplink-a", "uplink-b"), site_copies,
                 description="two labs: 4 sites behind each shared 100 Mbit uplink"),
+        Variant("t3-tree", "t3-tree", ("uplink-a", "uplink-b"), tree_copies,
+                description="two labs, an aggregator in each (flat runs leave it idle)",
+                compare_models=True),
     )
 }  # fmt: skip
 #: What ``--topology`` names: T1 is measured with its LAN variant, which its target needs.
 CHOICES = {"t1": ["t1", "t1-lan"], "t2": ["t2"], "t3": ["t3"]}
 CHOICES["all"] = [name for names in CHOICES.values() for name in names]
+#: Trees (``python -m benchmarks.tree``), not in ``all``.
+CHOICES["t3-tree"] = ["t3-tree"]
 
 
 def sites_behind(topology: Topology, link: str) -> int:
@@ -236,6 +286,9 @@ class ControllerJob:
     ends: dict[str, list[Any]]  # LinkEnd fields per link
     workdir: str
     rows: str  # where the rows go (JSON)
+    #: Where each block's last global model is saved (``None``: nowhere); set, the sites'
+    #: updates differ (``offset_train``).
+    keep: str | None = None
 
 
 def run_controller(job: ControllerJob) -> None:
@@ -256,7 +309,15 @@ def run_controller(job: ControllerJob) -> None:
 
         def finish() -> dict[str, Any]:
             moved = traffic_since(before, read_counters(ends))
-            return {f"bytes_{link}": moved[link].total for link in job.links}
+            return {
+                column: count
+                for link in job.links
+                for column, count in (
+                    (f"bytes_{link}", moved[link].total),
+                    (f"bytes_{link}_a_to_b", moved[link].a_to_b),
+                    (f"bytes_{link}_b_to_a", moved[link].b_to_a),
+                )
+            }
 
         return finish
 
@@ -268,9 +329,11 @@ def run_controller(job: ControllerJob) -> None:
             stack,
             [*labels, AGGREGATOR],
             overrides_of=lambda name: job.settings[name],
+            train=offset_train if job.keep is not None else relay_train,
         )
+        keep = Path(job.keep) if job.keep is not None else None
         rows, _ = run_interleaved(
-            modes, AGGREGATOR, job.models, job.reps, job.rounds, job.warmup, probe
+            modes, AGGREGATOR, job.models, job.reps, job.rounds, job.warmup, probe, keep
         )
     Path(job.rows).write_text(json.dumps([{"topology": job.variant} | row for row in rows]))
 
@@ -288,16 +351,22 @@ def measure_variant(
     warmup: int,
     workdir: Path,
 ) -> tuple[list[dict[str, Any]], Topology]:
-    """Build the variant's lab, start the modes' servers, run the controller in its host."""
+    """Build the variant's lab, start the modes' servers, run the controller in its host.
+
+    A variant that compares models keeps each block's last one in ``workdir / "models"``."""
     workdir.mkdir(parents=True)
+    keep = workdir / "models" if variant.compare_models else None
+    if keep is not None:
+        keep.mkdir()
     topology = load_topology(variant.topology_file(workdir))
+    sites = {"sites": len(topology.role("site"))}  # a group's aggregator hosts none
     mine = [m for m in modes if m.only_in is None or variant.name in m.only_in]
     print(f"\n== {variant.name}: {variant.description}; modes {', '.join(m.name for m in mine)}")
     with NetLab(topology, workdir / "lab") as lab:
         job = ControllerJob(
             variant=variant.name,
             inventory=str(lab.write_inventory(workdir / "pis.yaml")),
-            settings={mode.name: mode.settings(lab) for mode in mine},
+            settings={mode.name: sites | mode.settings(lab) for mode in mine},
             models=models,
             reps=reps,
             rounds=rounds,
@@ -306,6 +375,7 @@ def measure_variant(
             ends={link: list(asdict(end).values()) for link, end in lab.link_ends.items()},
             workdir=str(workdir / "controller"),
             rows=str(workdir / "rows.json"),
+            keep=str(keep) if keep is not None else None,
         )
         job_file = workdir / "job.json"
         job_file.write_text(json.dumps(asdict(job)))

@@ -47,6 +47,7 @@ from proxystore.store.config import StoreConfig
 from benchmarks.common import (
     DOCS,
     SWEEP_MODELS,
+    keep_weights,
     median,
     print_machine,
     project_root_on_pythonpath,
@@ -55,6 +56,7 @@ from benchmarks.common import (
     synthetic_init,
     write_csv,
 )
+from benchmarks.tree_round import TreeRounds
 from proxyflox.apps import train_site
 from proxyflox.controller import AppBodies, plan_run
 from proxyflox.controller.runtime import ParslRuntime
@@ -94,6 +96,8 @@ class Mode:
     config: ExperimentConfig
     store: RunStore | None
     runtime: ParslRuntime
+    #: The groups' stores and the ledger of an aggregator tree (``None``: a flat run).
+    tree: TreeRounds | None = None
 
     @property
     def store_config(self) -> StoreConfig | None:
@@ -121,12 +125,14 @@ def open_modes(
     stack: ExitStack,
     labels: list[str],
     overrides_of: Callable[[str], dict[str, Any]] | None = None,
+    train: Callable[..., TrainResult] = relay_train,
 ) -> dict[str, Mode]:
     """Every mode's store and runtime. Parsl is loaded once, by the first mode's runtime; the
     others' apps (bound to the same executors) submit through that one Parsl.
 
     ``overrides_of``: a mode's experiment settings by its name (default: :func:`mode_overrides`,
-    which starts the stores' servers on this machine)."""
+    which starts the stores' servers on this machine); ``train``: the sites' app body. A mode
+    whose settings have ``tree.groups`` runs its rounds through the tree."""
     modes: dict[str, Mode] = {}
     for name in names:
         settings = (
@@ -146,9 +152,12 @@ def open_modes(
             tmp,
             store.config if store is not None else None,
             retries=0,
-            bodies=AppBodies(train=relay_train),
+            bodies=AppBodies(train=train),
         )
-        modes[name] = Mode(name, config, store, runtime)
+        tree = None
+        if plan.tree is not None:
+            tree = TreeRounds.open(stack, config, plan, runtime, store, tmp / name / "run")
+        modes[name] = Mode(name, config, store, runtime, tree)
     stack.enter_context(modes[names[0]].runtime)
     return modes
 
@@ -270,11 +279,14 @@ def run_block(
     rep: int,
     count_bytes: bool,
     probe: Callable[[], Callable[[], dict[str, Any]]] | None = None,
+    keep: Path | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, int]]:
     """Rounds of one model in one mode; one row per measured round, and the bytes per task.
 
     ``probe``: called as each round starts; what it returns is called as the round ends, and
-    the columns that returns join the round's row (e.g. the bytes each link carried)."""
+    the columns that returns join the round's row (e.g. the bytes each link carried).
+    ``keep``: a directory where the block's last global model is saved, after its round
+    (``MODEL-MODE-rep.npz``)."""
     runtime = mode.runtime
     plan = runtime.plan
     strategy = build_strategy(mode.config.strategy)
@@ -286,12 +298,17 @@ def run_block(
     for round_number in range(1, warmup + rounds + 1):
         finish_probe = probe() if probe is not None else None
         start = time.perf_counter()
-        trains = [
-            runtime.train(site, round_number, global_model, instructions)
-            for site in range(plan.num_sites)
-        ]
-        updates = [future.result() for future in trains]
-        aggregate = runtime.aggregate(strategy, global_model, updates)
+        if mode.tree is None:
+            trains = [
+                runtime.train(site, round_number, global_model, instructions)
+                for site in range(plan.num_sites)
+            ]
+            updates = [future.result() for future in trains]
+            aggregate = runtime.aggregate(strategy, global_model, updates)
+        else:
+            trains, updates, aggregate = mode.tree.round(
+                strategy, round_number, global_model, instructions
+            )
         new_global = aggregate.result()
         round_seconds = time.perf_counter() - start
         probed = finish_probe() if finish_probe is not None else {}
@@ -308,7 +325,10 @@ def run_block(
                 PROFILED[mode.name] = tasks.profile()
             del tasks
         del trains, aggregate  # their task records hold the arguments (direct: the weights)
-        evict(mode, global_model, *updates)
+        if mode.tree is not None:  # its ledger evicted the updates once the groups had them
+            mode.tree.release()
+        else:
+            evict(mode, global_model, *updates)
         global_model = new_global.model
         if round_number <= warmup:
             continue
@@ -334,6 +354,10 @@ def run_block(
             }
             | probed
         )
+    if keep is not None and rep >= 0:
+        path = keep / f"{model}-{mode.name}-{rep}.npz"
+        saver = python_app(keep_weights, executors=[plan.aggregator])
+        saver(global_model, home, str(path)).result()
     evict(mode, global_model)
     return rows, counts
 
@@ -346,10 +370,11 @@ def run_interleaved(
     rounds: int,
     warmup: int,
     probe: Callable[[], Callable[[], dict[str, Any]]] | None = None,
+    keep: Path | None = None,
 ) -> tuple[list[dict[str, Any]], dict[tuple[str, str], dict[str, int]]]:
     """Every model in every mode, ``reps`` times, the modes' order rotated each repetition
     (after one warm-up round per mode); the rows of every measured round, and the bytes per
-    task of each model and mode."""
+    task of each model and mode. ``keep``: as in :func:`run_block`."""
     names = list(modes)
     init = python_app(synthetic_init, executors=[aggregator])
     print(f"starting workers; modes {', '.join(names)}; models {', '.join(models)}", flush=True)
@@ -362,7 +387,7 @@ def run_interleaved(
             for name in names[rep % len(names) :] + names[: rep % len(names)]:
                 block, block_counts = run_block(
                     modes[name], init, model, rounds, warmup, rep, (model, name) not in counts,
-                    probe,
+                    probe, keep,
                 )  # fmt: skip
                 if block_counts:
                     counts[(model, name)] = block_counts
