@@ -139,6 +139,20 @@ def write_csv(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
             writer.writerow({k: f"{v:.6g}" if isinstance(v, float) else v for k, v in row.items()})
 
 
+def save_figure(figure: Any, axes: Sequence[Any], path: Path) -> None:
+    """Grid and legend on every axis (a legend only where something is labelled), then the
+    figure to ``path``, closed."""
+    import matplotlib.pyplot as plt
+
+    for axis in axes:
+        axis.grid(True, which="both", alpha=0.3)
+        if axis.get_legend_handles_labels()[0]:
+            axis.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
 def numbers(record: Any) -> dict[str, Any]:
     """A record's numbers and strings, without its references: what a benchmark keeps of a
     result (keeping the record would keep its proxies alive, and the controller's memory is what
@@ -264,9 +278,43 @@ def relay_train(
     resolves the global model the same way, puts it back unchanged as the site's update where
     the global model came from, and returns a ``TrainResult``.
     """
+    return _send_back(setup, site, global_model, lambda weights: weights)
+
+
+#: What :func:`offset_train` adds to every weight, times the site's number plus one.
+SITE_OFFSET = 1e-3
+
+
+def offset_train(
+    setup: SiteSetup,
+    site: int,
+    round_number: int,
+    global_model: GlobalModel,
+    instructions: Instructions,
+) -> TrainResult:
+    """:func:`relay_train`, with site i's update the global model plus (i + 1) x
+    :data:`SITE_OFFSET` in every floating-point weight (counters stay): updates that differ, so
+    that a mean which loses or misweighs a site shows, at the cost of one addition per weight."""
+
+    def shifted(weights: Weights) -> Weights:
+        for array in weights.values():
+            if np.issubdtype(array.dtype, np.floating):
+                array += np.asarray((site + 1) * SITE_OFFSET, dtype=array.dtype)
+        return weights
+
+    return _send_back(setup, site, global_model, shifted)
+
+
+def _send_back(
+    setup: SiteSetup,
+    site: int,
+    global_model: GlobalModel,
+    change: Callable[[Weights], Weights],
+) -> TrainResult:
+    """Resolve the global model, put ``change`` of it back as the site's update."""
     enter_site(setup.proxystore_home)
     received, resolve_seconds = resolve_weights(global_model.weights)
-    ref, put_seconds = put_weights(received, store_of(global_model.weights))
+    ref, put_seconds = put_weights(change(received), store_of(global_model.weights))
     del received
     return TrainResult(
         site=site,
@@ -285,6 +333,15 @@ def relay_train(
         netns="",
         batch_job="",
     )
+
+
+def keep_weights(global_model: GlobalModel, proxystore_home: str | None, path: str) -> str:
+    """Aggregator: save a global model's weights to ``path`` (``.npz``), for comparing the
+    models that different ways of moving weights made; returns the path."""
+    enter_site(proxystore_home)
+    weights, _ = resolve_weights(global_model.weights)
+    np.savez(path, **weights)  # type: ignore[arg-type]  # numpy's stubs: kwds are arrays
+    return path
 
 
 # ---------------------------------------------------------------------------------------------

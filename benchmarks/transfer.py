@@ -47,13 +47,16 @@ from proxystore.store.config import StoreConfig
 from benchmarks.common import (
     DOCS,
     SWEEP_MODELS,
+    keep_weights,
     median,
     print_machine,
     project_root_on_pythonpath,
     relay_train,
+    save_figure,
     synthetic_init,
     write_csv,
 )
+from benchmarks.tree_round import TreeRounds
 from proxyflox.apps import train_site
 from proxyflox.controller import AppBodies, plan_run
 from proxyflox.controller.runtime import ParslRuntime
@@ -93,6 +96,8 @@ class Mode:
     config: ExperimentConfig
     store: RunStore | None
     runtime: ParslRuntime
+    #: The groups' stores and the ledger of an aggregator tree (``None``: a flat run).
+    tree: TreeRounds | None = None
 
     @property
     def store_config(self) -> StoreConfig | None:
@@ -114,14 +119,28 @@ def mode_overrides(name: str, tmp: Path, stack: ExitStack, labels: list[str]) ->
 
 
 def open_modes(
-    names: list[str], deployment: Deployment, tmp: Path, stack: ExitStack, labels: list[str]
+    names: list[str],
+    deployment: Deployment,
+    tmp: Path,
+    stack: ExitStack,
+    labels: list[str],
+    overrides_of: Callable[[str], dict[str, Any]] | None = None,
+    train: Callable[..., TrainResult] = relay_train,
 ) -> dict[str, Mode]:
     """Every mode's store and runtime. Parsl is loaded once, by the first mode's runtime; the
-    others' apps (bound to the same executors) submit through that one Parsl."""
+    others' apps (bound to the same executors) submit through that one Parsl.
+
+    ``overrides_of``: a mode's experiment settings by its name (default: :func:`mode_overrides`,
+    which starts the stores' servers on this machine); ``train``: the sites' app body. A mode
+    whose settings have ``tree.groups`` runs its rounds through the tree."""
     modes: dict[str, Mode] = {}
     for name in names:
-        overrides = {"sites": len(labels) - 1} | mode_overrides(name, tmp, stack, labels)
-        config = load_experiment(None, overrides)
+        settings = (
+            overrides_of(name)
+            if overrides_of is not None
+            else mode_overrides(name, tmp, stack, labels)
+        )
+        config = load_experiment(None, {"sites": len(labels) - 1} | settings)
         plan = plan_run(config, deployment)
         store = None
         if config.transfer == "proxy":
@@ -133,9 +152,12 @@ def open_modes(
             tmp,
             store.config if store is not None else None,
             retries=0,
-            bodies=AppBodies(train=relay_train),
+            bodies=AppBodies(train=train),
         )
-        modes[name] = Mode(name, config, store, runtime)
+        tree = None
+        if plan.tree is not None:
+            tree = TreeRounds.open(stack, config, plan, runtime, store, tmp / name / "run")
+        modes[name] = Mode(name, config, store, runtime, tree)
     stack.enter_context(modes[names[0]].runtime)
     return modes
 
@@ -256,8 +278,15 @@ def run_block(
     warmup: int,
     rep: int,
     count_bytes: bool,
+    probe: Callable[[], Callable[[], dict[str, Any]]] | None = None,
+    keep: Path | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, int]]:
-    """Rounds of one model in one mode; one row per measured round, and the bytes per task."""
+    """Rounds of one model in one mode; one row per measured round, and the bytes per task.
+
+    ``probe``: called as each round starts; what it returns is called as the round ends, and
+    the columns that returns join the round's row (e.g. the bytes each link carried).
+    ``keep``: a directory where the block's last global model is saved, after its round
+    (``MODEL-MODE-rep.npz``)."""
     runtime = mode.runtime
     plan = runtime.plan
     strategy = build_strategy(mode.config.strategy)
@@ -267,15 +296,22 @@ def run_block(
     rows: list[dict[str, Any]] = []
     counts: dict[str, int] = {}
     for round_number in range(1, warmup + rounds + 1):
+        finish_probe = probe() if probe is not None else None
         start = time.perf_counter()
-        trains = [
-            runtime.train(site, round_number, global_model, instructions)
-            for site in range(plan.num_sites)
-        ]
-        updates = [future.result() for future in trains]
-        aggregate = runtime.aggregate(strategy, global_model, updates)
+        if mode.tree is None:
+            trains = [
+                runtime.train(site, round_number, global_model, instructions)
+                for site in range(plan.num_sites)
+            ]
+            updates = [future.result() for future in trains]
+            aggregate = runtime.aggregate(strategy, global_model, updates)
+        else:
+            trains, updates, aggregate = mode.tree.round(
+                strategy, round_number, global_model, instructions
+            )
         new_global = aggregate.result()
         round_seconds = time.perf_counter() - start
+        probed = finish_probe() if finish_probe is not None else {}
 
         received: list[TrainResult | AggregateResult] = [*updates, new_global]
         for record in received:
@@ -289,7 +325,10 @@ def run_block(
                 PROFILED[mode.name] = tasks.profile()
             del tasks
         del trains, aggregate  # their task records hold the arguments (direct: the weights)
-        evict(mode, global_model, *updates)
+        if mode.tree is not None:  # its ledger evicted the updates once the groups had them
+            mode.tree.release()
+        else:
+            evict(mode, global_model, *updates)
         global_model = new_global.model
         if round_number <= warmup:
             continue
@@ -313,9 +352,65 @@ def run_block(
                 + new_global.resolve_seconds
                 + new_global.put_seconds,
             }
+            | probed
         )
+    if keep is not None and rep >= 0:
+        path = keep / f"{model}-{mode.name}-{rep}.npz"
+        saver = python_app(keep_weights, executors=[plan.aggregator])
+        saver(global_model, home, str(path)).result()
     evict(mode, global_model)
     return rows, counts
+
+
+def run_interleaved(
+    modes: dict[str, Mode],
+    aggregator: str,
+    models: list[str],
+    reps: int,
+    rounds: int,
+    warmup: int,
+    probe: Callable[[], Callable[[], dict[str, Any]]] | None = None,
+    keep: Path | None = None,
+) -> tuple[list[dict[str, Any]], dict[tuple[str, str], dict[str, int]]]:
+    """Every model in every mode, ``reps`` times, the modes' order rotated each repetition
+    (after one warm-up round per mode); the rows of every measured round, and the bytes per
+    task of each model and mode. ``keep``: as in :func:`run_block`."""
+    names = list(modes)
+    init = python_app(synthetic_init, executors=[aggregator])
+    print(f"starting workers; modes {', '.join(names)}; models {', '.join(models)}", flush=True)
+    for mode in modes.values():  # warm every worker and store connection
+        run_block(mode, init, "floor", 1, 1, -1, False)
+    rows: list[dict[str, Any]] = []
+    counts: dict[tuple[str, str], dict[str, int]] = {}
+    for rep in range(reps):
+        for model in models:
+            for name in names[rep % len(names) :] + names[: rep % len(names)]:
+                block, block_counts = run_block(
+                    modes[name], init, model, rounds, warmup, rep, (model, name) not in counts,
+                    probe, keep,
+                )  # fmt: skip
+                if block_counts:
+                    counts[(model, name)] = block_counts
+                rows.extend(block)
+                print(
+                    f"rep {rep + 1}/{reps} {model:<16} {name:<9} comm "
+                    + " ".join(f"{r['comm_seconds']:.3f}" for r in block),
+                    flush=True,
+                )
+    return rows, counts
+
+
+#: A round's figures of which the summary keeps the median.
+ROUND_FIGURES = (
+    "round_seconds",
+    "comm_seconds",
+    "aggregate_seconds",
+    "site_resolve_seconds_max",
+    "site_put_seconds_max",
+    "aggregate_resolve_seconds",
+    "aggregate_put_seconds",
+    "store_seconds_critical",
+)
 
 
 def summarize(
@@ -338,16 +433,7 @@ def summarize(
                 "mode": mode,
                 "rounds": len(mine),
             }
-            for key in (
-                "round_seconds",
-                "comm_seconds",
-                "aggregate_seconds",
-                "site_resolve_seconds_max",
-                "site_put_seconds_max",
-                "aggregate_resolve_seconds",
-                "aggregate_put_seconds",
-                "store_seconds_critical",
-            ):
+            for key in ROUND_FIGURES:
                 entry[key] = median([r[key] for r in mine])
             entry["comm_seconds_min"] = min(r["comm_seconds"] for r in mine)
             entry["comm_seconds_max"] = max(r["comm_seconds"] for r in mine)
@@ -501,13 +587,7 @@ def plot(summary: list[dict[str, Any]], modes: list[str], path: Path) -> None:
         ylabel="bytes Parsl serializes per task",
         title="Parsl payload per task",
     )
-    for axis in axes:
-        axis.grid(True, which="both", alpha=0.3)
-        if axis.get_legend_handles_labels()[0]:  # a sweep without models >= 0.5 MB has none
-            axis.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, axes, path)  # a sweep without models >= 0.5 MB has no legend
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -550,36 +630,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with ExitStack() as stack:
             modes = open_modes(args.modes, deployment, tmp, stack, [*labels, aggregator])
-            init = python_app(synthetic_init, executors=[aggregator])
-            print(
-                f"starting workers; modes {', '.join(modes)}; models {', '.join(args.models)}",
-                flush=True,
+            rows, counts = run_interleaved(
+                modes, aggregator, args.models, args.reps, args.rounds, args.warmup
             )
-            for mode in modes.values():  # warm every worker and store connection
-                run_block(mode, init, "floor", 1, 1, -1, False)
-            for rep in range(args.reps):
-                for model in args.models:
-                    order = (
-                        args.modes[rep % len(args.modes) :] + args.modes[: rep % len(args.modes)]
-                    )
-                    for name in order:
-                        block, block_counts = run_block(
-                            modes[name],
-                            init,
-                            model,
-                            args.rounds,
-                            args.warmup,
-                            rep,
-                            (model, name) not in counts,
-                        )
-                        if block_counts:
-                            counts[(model, name)] = block_counts
-                        rows.extend(block)
-                        print(
-                            f"rep {rep + 1}/{args.reps} {model:<16} {name:<9} comm "
-                            + " ".join(f"{r['comm_seconds']:.3f}" for r in block),
-                            flush=True,
-                        )
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

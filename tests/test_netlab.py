@@ -24,9 +24,17 @@ import yaml
 from proxyflox.errors import ConfigError
 from proxyflox.models import build_model
 from proxyflox.models.weights import weights_of
+from proxyflox.stores.redis import PasswordRedisConnector
 from tests.helpers import ROOT, only_run_dir, put_routes
 from tests.infra.common import running
-from tests.infra.netlab import NetLab, Traffic, load_topology, rate_bits, traffic_since
+from tests.infra.netlab import (
+    SSH_ROLES,
+    NetLab,
+    Traffic,
+    load_topology,
+    rate_bits,
+    traffic_since,
+)
 from tests.infra.netns import in_namespace, port_open
 from tests.servers import redis_keys
 
@@ -57,7 +65,7 @@ def t2(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NetLab]:
         yield lab
 
 
-@pytest.mark.parametrize("name", ["t1", "t2", "t3"])
+@pytest.mark.parametrize("name", ["t1", "t2", "t3", "t3-tree"])
 def test_each_topology_builds_and_leaves_nothing(tmp_path: Path, name: str) -> None:
     links_before = root_links()
     topology = load_topology(TOPOLOGIES / f"{name}.yaml")
@@ -66,7 +74,7 @@ def test_each_topology_builds_and_leaves_nothing(tmp_path: Path, name: str) -> N
         pids = [process.pid for process in lab.processes]
         assert len(namespaces) == len(topology.hosts) + 1  # and the switches' own
         # The controller reaches every worker host's sshd across the topology...
-        workers = [h for h in lab.hosts.values() if h.role in ("site", "aggregator")]
+        workers = [h for h in lab.hosts.values() if h.role in SSH_ROLES]
         assert len(pids) == len(workers)
         for host in workers:
             assert port_open(lab.controller.namespace, host.address, 22), host.name
@@ -84,6 +92,21 @@ def test_each_topology_builds_and_leaves_nothing(tmp_path: Path, name: str) -> N
                 capture_output=True, text=True, check=True,
             ).stdout.splitlines()) == 2  # fmt: skip
     assert_gone(namespaces, pids, links_before)
+
+
+def test_a_lab_s_group_host_is_a_pi_after_the_sites_and_can_run_its_lab_s_redis(
+    tmp_path: Path,
+) -> None:
+    with NetLab(TOPOLOGIES / "t3-tree.yaml", tmp_path) as lab:
+        inventory = yaml.safe_load(lab.write_inventory(tmp_path / "pis.yaml").read_text())
+        # Site i is placed on the i-th executor: the sites first, in file order.
+        assert list(inventory["pis"]) == [f"site-{i}" for i in range(8)] + ["agg-a", "agg-b"]
+        assert inventory["pis"]["agg-a"]["host"] == lab.hosts["agg-a"].address
+        host, port = lab.start_redis("agg-a")
+        assert (host, port) == (lab.hosts["agg-a"].address, 6379)
+        assert lab.start_redis("agg-a") == (host, port)  # started once
+        assert port_open(lab.hosts["site-0"].namespace, host, port)
+        assert not port_open(lab.store.namespace, lab.store.address, port)  # only where asked
 
 
 def test_an_exception_inside_the_lab_tears_it_down(tmp_path: Path) -> None:
@@ -226,6 +249,26 @@ def test_topology_mistakes_are_one_line_errors_naming_the_key(tmp_path: Path) ->
 def model_bytes() -> int:
     """The default experiment's CNN on digits, as float32."""
     return sum(w.nbytes for w in weights_of(build_model("cnn", (1, 8, 8), 10)).values())
+
+
+def test_a_redis_put_may_take_longer_than_five_seconds_over_a_slow_link(t2: NetLab) -> None:
+    # redis-py's default socket timeout (5 s) bounds a whole SET: the store's client has none.
+    host, port = t2.start_redis()
+    payload = bytes(20_000_000)  # 6.4 s at 25 Mbit
+
+    def put() -> tuple[float, bool]:
+        connector = PasswordRedisConnector(host, port)
+        start = time.perf_counter()
+        key = connector.put(payload)
+        seconds = time.perf_counter() - start
+        arrived = connector.get(key) == payload
+        connector.evict(key)
+        connector.close()
+        return seconds, arrived
+
+    seconds, arrived = in_namespace(t2.sites()[0].namespace, put)
+    assert arrived
+    assert seconds > 5.0
 
 
 @pytest.mark.parametrize("store", ["redis", "endpoint"])

@@ -83,13 +83,7 @@ def open_run(
         if plan.tree is not None
         else None
     )
-    if groups is not None and groups.own and store is not None:  # keys of several stores
-        ledger = ReferenceLedger(groups.evict_from(store), groups.key_of)
-    else:
-        ledger = ReferenceLedger(
-            store.evict if store is not None else no_store_evict,
-            lambda ref: key_of(ref) if store is not None else None,
-        )
+    ledger = run_ledger(store, groups)
     stack.push(_close_ledger(ledger, warn))
     records = stack.enter_context(
         RunRecords(
@@ -118,6 +112,16 @@ def open_run(
         )
     )
     return RunContext(config, plan, run_dir, runtime, ledger, records, observer, started, groups)
+
+
+def run_ledger(store: RunStore | None, groups: GroupStores | None) -> ReferenceLedger:
+    """The ledger of a run's objects, in its store and (a tree) its groups' own stores."""
+    if groups is not None and groups.own and store is not None:  # keys of several stores
+        return ReferenceLedger(groups.evict_from(store), groups.key_of)
+    return ReferenceLedger(
+        store.evict if store is not None else no_store_evict,
+        lambda ref: key_of(ref) if store is not None else None,
+    )
 
 
 def _close_ledger(ledger: ReferenceLedger, warn: Any) -> Any:

@@ -19,17 +19,30 @@ from proxyflox.stores.settings import StoreSettings
 REDIS_PASSWORD_ENV = "PROXYFLOX_REDIS_PASSWORD"
 
 
+#: Seconds to reach the server; once connected, a read or write of an object may take as long
+#: as its bytes need on the link.
+CONNECT_TIMEOUT = 5
+
+
 class PasswordRedisConnector(RedisConnector):
     """ProxyStore's Redis connector, authenticating with the password from the environment.
 
-    Its ``config()`` (which travels inside every proxy) holds host and port only.
+    Its ``config()`` (which travels inside every proxy) holds host and port only. Its client
+    has no socket timeout: redis-py's default (5 s) bounds a whole ``SET``'s ``sendall``, so a
+    45 MB update from one of four sites sharing a 100 Mbit uplink failed and was sent again.
     """
 
     def __init__(self, hostname: str, port: int, clear: bool = False) -> None:
         super().__init__(hostname, port, clear=clear)
-        password = os.environ.get(REDIS_PASSWORD_ENV)
-        if password:
-            self._redis_client = redis.StrictRedis(host=hostname, port=port, password=password)
+        self._redis_client.close()
+        self._redis_client = redis.StrictRedis(
+            host=hostname,
+            port=port,
+            password=os.environ.get(REDIS_PASSWORD_ENV) or None,
+            socket_connect_timeout=CONNECT_TIMEOUT,
+            socket_timeout=None,
+            socket_keepalive=True,  # a vanished server still ends a read, in the kernel's time
+        )
 
 
 class RedisBackend:
@@ -45,8 +58,8 @@ class RedisBackend:
             host=settings.host,
             port=settings.port,
             password=os.environ.get(REDIS_PASSWORD_ENV) or None,
-            socket_connect_timeout=5,
-            socket_timeout=5,
+            socket_connect_timeout=CONNECT_TIMEOUT,
+            socket_timeout=CONNECT_TIMEOUT,
         )
         where = self.describe(settings, None)
         problem = "holds a wrong one" if os.environ.get(REDIS_PASSWORD_ENV) else "is not set"

@@ -6,7 +6,7 @@ A topology (YAML, e.g. ``benchmarks/topologies/t2.yaml``)::
     name: t2
     description: Pis on WiFi
     switches: [home]                      # each one a Linux bridge
-    hosts:                                # role: controller, aggregator, site or store
+    hosts:                                # role: controller, aggregator, site, group, store
       controller: {role: controller}
       site-0: {role: site}
     links:                                # a veth pair, limited both ways by tbf
@@ -20,9 +20,10 @@ this machine's own network namespace: its traffic stays inside namespaces the la
 every byte a host sends or receives crosses its link. IPv6 is off in the lab (no router
 solicitations or multicast reports in the byte counts).
 
-A ``site`` or ``aggregator`` host runs a real ``sshd``, and :meth:`NetLab.write_inventory` writes
-the inventory for ``parsl_configs/pis.py``: each worker pool is started by the controller over
-``ssh -tt``, as on real Raspberry Pis. That path was chosen over a launcher that enters the
+A ``site``, ``group`` or ``aggregator`` host runs a real ``sshd`` (a ``group`` host is the group
+aggregator of an aggregator tree, e.g. a lab's workstation), and :meth:`NetLab.write_inventory`
+writes the inventory for ``parsl_configs/pis.py``: each worker pool is started by the controller
+over ``ssh -tt``, as on real Raspberry Pis. That path was chosen over a launcher that enters the
 namespace (``ip netns exec`` in a ``WrappedLauncher``) because it is the one users run and the
 tests of ``pis.py`` already prove, it needs no Parsl config of the lab's own, and ``ssh -tt``
 already ends a pool with its controller; the ssh session's own bytes are part of what a real
@@ -78,9 +79,9 @@ from tests.infra.netns import (
 )
 from tests.servers import redis_command, wait_for_redis
 
-ROLES = ("controller", "aggregator", "site", "store")
+ROLES = ("controller", "aggregator", "site", "group", "store")
 #: Roles whose host runs Parsl workers, started over ssh.
-SSH_ROLES = ("aggregator", "site")
+SSH_ROLES = ("aggregator", "site", "group")
 REDIS_PORT, RELAY_PORT, ENDPOINT_PORT = 6379, 8700, 8765
 #: The interface of a host on its link (each host is a namespace of its own).
 HOST_INTERFACE = "eth0"
@@ -248,6 +249,25 @@ class Traffic:
         return Traffic(self.a_to_b - other.a_to_b, self.b_to_a - other.b_to_a)
 
 
+def read_counters(ends: Mapping[str, LinkEnd]) -> dict[str, Traffic]:
+    """Bytes that crossed each link so far, by link name, read at ``ends``
+    (:attr:`NetLab.link_ends`); works from inside any namespace of the lab too."""
+    stats: dict[str, dict[str, Any]] = {}
+    for namespace in {end.namespace for end in ends.values()}:
+        listed = subprocess.run(
+            ["ip", "-n", namespace, "-j", "-s", "link", "show"],
+            capture_output=True, text=True, check=True,
+        )  # fmt: skip
+        for entry in json.loads(listed.stdout):
+            stats[f"{namespace}/{entry['ifname']}"] = entry["stats64"]
+    counts = {}
+    for name, end in ends.items():
+        entry = stats[f"{end.namespace}/{end.interface}"]
+        tx, rx = int(entry["tx"]["bytes"]), int(entry["rx"]["bytes"])
+        counts[name] = Traffic(rx, tx) if end.flipped else Traffic(tx, rx)
+    return counts
+
+
 def traffic_since(
     before: Mapping[str, Traffic], after: Mapping[str, Traffic]
 ) -> dict[str, Traffic]:
@@ -277,7 +297,7 @@ class NetLab(ClosedOnExit):
         self._index = 0
         self._subnet = TEST_NETWORK
         self._fabric = ""
-        self._redis_started = False
+        self._redis_on: set[str] = set()
         try:
             self._build()
         except BaseException:  # Ctrl-C included: remove what was made so far
@@ -420,20 +440,13 @@ class NetLab(ClosedOnExit):
 
     def counters(self) -> dict[str, Traffic]:
         """Bytes that crossed each link so far, by link name."""
-        stats: dict[str, dict[str, Any]] = {}
-        for namespace in {end.namespace for end in self._ends.values()}:
-            listed = subprocess.run(
-                ["ip", "-n", namespace, "-j", "-s", "link", "show"],
-                capture_output=True, text=True, check=True,
-            )  # fmt: skip
-            for entry in json.loads(listed.stdout):
-                stats[f"{namespace}/{entry['ifname']}"] = entry["stats64"]
-        counts = {}
-        for name, end in self._ends.items():
-            entry = stats[f"{end.namespace}/{end.interface}"]
-            tx, rx = int(entry["tx"]["bytes"]), int(entry["rx"]["bytes"])
-            counts[name] = Traffic(rx, tx) if end.flipped else Traffic(tx, rx)
-        return counts
+        return read_counters(self._ends)
+
+    @property
+    def link_ends(self) -> dict[str, LinkEnd]:
+        """Where each link's bytes are read (for :func:`read_counters` in another process,
+        e.g. one running inside a host)."""
+        return dict(self._ends)
 
     def send(self, source: str, target: str, size: int, port: int = 9000) -> float:
         """Send ``size`` bytes over TCP from host ``source`` to host ``target``; returns the
@@ -502,26 +515,32 @@ class NetLab(ClosedOnExit):
 
     def write_inventory(self, path: Path) -> Path:
         """The inventory for ``parsl_configs/pis.py``: every site host a Pi (its name the
-        executor label), the aggregator's host the aggregator."""
+        executor label), then every group host, the aggregator's host the aggregator.
+
+        The sites come first, in file order: a run places site i on the i-th executor."""
         (aggregator,) = (h for h in self.hosts.values() if h.role == "aggregator")
+        groups = [self.hosts[name] for name in self.topology.role("group")]
         return write_inventory(
             path,
             self,
-            {site.name: {"host": site.address} for site in self.sites()},
+            {host.name: {"host": host.address} for host in [*self.sites(), *groups]},
             aggregator={"host": aggregator.address},
         )
 
-    def start_redis(self) -> tuple[str, int]:
-        """redis-server on the store host (started once); returns its address and port."""
-        store = self.store
-        if self._redis_started:
-            return store.address, REDIS_PORT
-        self._redis_started = True
+    def start_redis(self, host: str | None = None) -> tuple[str, int]:
+        """redis-server on ``host`` (default: the store host), started once per host; returns
+        its address and port."""
+        server = self.store if host is None else self.hosts[host]
+        if server.name in self._redis_on:
+            return server.address, REDIS_PORT
+        self._redis_on.add(server.name)
         process = self.start(
-            store.name, redis_command(REDIS_PORT, host=store.address), self.workdir / "redis.log"
+            server.name,
+            redis_command(REDIS_PORT, host=server.address),
+            self.workdir / f"redis-{server.name}.log",
         )
-        in_namespace(store.namespace, lambda: wait_for_redis(process, store.address, REDIS_PORT))
-        return store.address, REDIS_PORT
+        in_namespace(server.namespace, lambda: wait_for_redis(process, server.address, REDIS_PORT))
+        return server.address, REDIS_PORT
 
     def start_endpoints(self) -> Path:
         """The ProxyStore relay on the store host and an endpoint on every other host (the

@@ -284,7 +284,7 @@ def write_inventory(
         data["defaults"]["ssh_options"] = [f"SetEnv=PYTHONPATH={os.environ['PYTHONPATH']}"]
     if aggregator is not None:
         data["aggregator"] = dict(aggregator)
-    path.write_text(yaml.safe_dump(data))
+    path.write_text(yaml.safe_dump(data, sort_keys=False))  # Pis in the given order
     return path
 
 
