@@ -523,10 +523,11 @@ def main(argv: list[str] | None = None) -> int:
             )  # fmt: skip
             for row in measured:
                 rows.append(row | link_figures(row, variant, topology, MODES[row["mode"]]))
+            # After each topology: a later one's failure leaves what was measured before it.
+            write_csv(args.out / "bench_topology_rounds.csv", rows)
+            write_csv(args.out / "bench_topology.csv", summarize(rows))
     summary = summarize(rows)
     report(summary)
-    write_csv(args.out / "bench_topology_rounds.csv", rows)
-    write_csv(args.out / "bench_topology.csv", summary)
     plot(summary, args.out / "bench_topology.png")
     print(f"\nwrote {args.out / 'bench_topology.csv'}, bench_topology_rounds.csv, .png")
     return 0
