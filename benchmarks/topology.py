@@ -246,7 +246,7 @@ VARIANTS: dict[str, Variant] = {
     )
 }  # fmt: skip
 #: What ``--topology`` names: T1 is measured with its LAN variant, which its target needs.
-CHOICES = {"t1": ["t1", "t1-lan"], "t2": ["t2"], "t3": ["t3"]}
+CHOICES = {"t2": ["t2"], "t3": ["t3"], "t1": ["t1", "t1-lan"]}
 CHOICES["all"] = [name for names in CHOICES.values() for name in names]
 #: Trees (``python -m benchmarks.tree``), not in ``all``.
 CHOICES["t3-tree"] = ["t3-tree"]
@@ -332,10 +332,15 @@ def run_controller(job: ControllerJob) -> None:
             train=offset_train if job.keep is not None else relay_train,
         )
         keep = Path(job.keep) if job.keep is not None else None
-        rows, _ = run_interleaved(
-            modes, AGGREGATOR, job.models, job.reps, job.rounds, job.warmup, probe, keep
-        )
-    Path(job.rows).write_text(json.dumps([{"topology": job.variant} | row for row in rows]))
+
+        def save_rows(rows: list[dict[str, Any]]) -> None:
+            # After every block: a controller killed later (out of memory) leaves its rows.
+            Path(job.rows).write_text(json.dumps([{"topology": job.variant} | r for r in rows]))
+
+        run_interleaved(
+            modes, AGGREGATOR, job.models, job.reps, job.rounds, job.warmup, probe, save_rows,
+            keep,
+        )  # fmt: skip
 
 
 # ----------------------------------------------------------------------------------------------
@@ -381,9 +386,12 @@ def measure_variant(
         job_file.write_text(json.dumps(asdict(job)))
         command = [sys.executable, "-m", "benchmarks.topology", "--controller-job", str(job_file)]
         done = subprocess.run(lab.command("controller", command), cwd=ROOT, check=False)
-        if done.returncode != 0:
-            raise SystemExit(f"{variant.name}: the controller exited with {done.returncode}")
-    rows: list[dict[str, Any]] = json.loads(Path(job.rows).read_text())
+    rows: list[dict[str, Any]] = []
+    if Path(job.rows).exists():
+        rows = json.loads(Path(job.rows).read_text())
+    if done.returncode != 0:
+        print(f"{variant.name}: the controller exited with {done.returncode}; kept its "
+              f"{len(rows)} rounds", flush=True)  # fmt: skip
     return rows, topology
 
 
@@ -593,10 +601,11 @@ def main(argv: list[str] | None = None) -> int:
             )  # fmt: skip
             for row in measured:
                 rows.append(row | link_figures(row, variant, topology, MODES[row["mode"]]))
+            # After each topology: a later one's failure leaves what was measured before it.
+            write_csv(args.out / "bench_topology_rounds.csv", rows)
+            write_csv(args.out / "bench_topology.csv", summarize(rows))
     summary = summarize(rows)
     report(summary)
-    write_csv(args.out / "bench_topology_rounds.csv", rows)
-    write_csv(args.out / "bench_topology.csv", summary)
     plot(summary, args.out / "bench_topology.png")
     print(f"\nwrote {args.out / 'bench_topology.csv'}, bench_topology_rounds.csv, .png")
     return 0

@@ -370,11 +370,13 @@ def run_interleaved(
     rounds: int,
     warmup: int,
     probe: Callable[[], Callable[[], dict[str, Any]]] | None = None,
+    on_rows: Callable[[list[dict[str, Any]]], None] | None = None,
     keep: Path | None = None,
 ) -> tuple[list[dict[str, Any]], dict[tuple[str, str], dict[str, int]]]:
     """Every model in every mode, ``reps`` times, the modes' order rotated each repetition
     (after one warm-up round per mode); the rows of every measured round, and the bytes per
-    task of each model and mode. ``keep``: as in :func:`run_block`."""
+    task of each model and mode. ``on_rows`` gets the rows so far after every block; ``keep``:
+    as in :func:`run_block`."""
     names = list(modes)
     init = python_app(synthetic_init, executors=[aggregator])
     print(f"starting workers; modes {', '.join(names)}; models {', '.join(models)}", flush=True)
@@ -392,6 +394,8 @@ def run_interleaved(
                 if block_counts:
                     counts[(model, name)] = block_counts
                 rows.extend(block)
+                if on_rows is not None:
+                    on_rows(rows)
                 print(
                     f"rep {rep + 1}/{reps} {model:<16} {name:<9} comm "
                     + " ".join(f"{r['comm_seconds']:.3f}" for r in block),

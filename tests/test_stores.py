@@ -227,6 +227,7 @@ def test_the_redis_password_is_used_but_never_shown_or_written(tmp_path: Path) -
     assert [p for p in written if password.encode() in p.read_bytes()] == []
 
 
+@pytest.mark.slow
 def test_a_shared_store_directory_keeps_its_mode_and_others_files(tmp_path: Path) -> None:
     shared = tmp_path / "shared"
     shared.mkdir()

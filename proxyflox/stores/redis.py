@@ -17,10 +17,10 @@ from proxyflox.stores.settings import StoreSettings
 
 #: The only place a Redis password is read from (it never enters settings, logs or proxies).
 REDIS_PASSWORD_ENV = "PROXYFLOX_REDIS_PASSWORD"
-
-
-#: Seconds to reach the server; once connected, a read or write of an object may take as long
-#: as its bytes need on the link.
+#: Seconds one command may take to send or read. redis-py's default (5 s, for the whole of a
+#: value's send) fails any put of more than 5 s of a link: 45 MB takes 14 s over 25 Mbit WiFi.
+SOCKET_TIMEOUT_SECONDS = 600
+#: Seconds to reach the server.
 CONNECT_TIMEOUT = 5
 
 
@@ -40,7 +40,7 @@ class PasswordRedisConnector(RedisConnector):
             port=port,
             password=os.environ.get(REDIS_PASSWORD_ENV) or None,
             socket_connect_timeout=CONNECT_TIMEOUT,
-            socket_timeout=None,
+            socket_timeout=SOCKET_TIMEOUT_SECONDS,
             socket_keepalive=True,  # a vanished server still ends a read, in the kernel's time
         )
 
