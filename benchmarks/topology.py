@@ -541,6 +541,7 @@ def plot(summary: list[dict[str, Any]], path: Path) -> None:
     """Per variant: communication per round against model size, each mode beside the
     line-rate limits (dashed: direct's, dotted: the proxies')."""
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -565,6 +566,8 @@ def plot(summary: list[dict[str, Any]], path: Path) -> None:
                  ylabel="communication per round (s, median)",
                  title=f"{variant}: {VARIANTS[variant].description}")  # fmt: skip
         axis.title.set_fontsize(8)
+        axis.set_xticks([2, 5, 10, 20, 50], ["2", "5", "10", "20", "50"])
+        axis.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     save_figure(figure, axes[0], path)
 
 
