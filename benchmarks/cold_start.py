@@ -14,6 +14,7 @@ CPU time divided by ``c`` is a floor for the cold start, whatever the order of t
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import statistics
@@ -42,6 +43,22 @@ def kind_of(process: psutil.Process, controller: int) -> str:
     return "worker"
 
 
+def run_processes(controller: int, output: str) -> list[psutil.Process]:
+    """The controller, its children, and the worker pools (a provider starts them detached,
+    so they are found by the run directory on their command line) with their workers."""
+    found: list[psutil.Process] = []
+    with contextlib.suppress(psutil.NoSuchProcess):
+        found = [psutil.Process(controller), *psutil.Process(controller).children(recursive=True)]
+    named = re.search(r"run directory: (\S+)", output)
+    if named is None:
+        return found
+    for process in psutil.process_iter(["cmdline"]):
+        if named.group(1) in " ".join(process.info["cmdline"] or []):
+            with contextlib.suppress(psutil.NoSuchProcess):
+                found += [process, *process.children(recursive=True)]
+    return list({process.pid: process for process in found}.values())
+
+
 def parsl_phases(run_dir: Path, started: float) -> dict[str, float]:
     """Seconds from process start to the DFK's start, the last interchange, the last priming."""
     stamps: dict[str, float] = {}
@@ -50,7 +67,10 @@ def parsl_phases(run_dir: Path, started: float) -> dict[str, float]:
         return stamps
     primes: set[str] = set()
     for line in log.read_text().splitlines():
-        stamp = float(line.split(" ", 1)[0])
+        try:  # a record's first line starts with its time; a logged config spans several
+            stamp = float(line.split(" ", 1)[0])
+        except ValueError:
+            continue
         if "Starting DataFlowKernel" in line:
             stamps.setdefault("parsl loaded", stamp - started)
         elif "Interchange process started" in line:
@@ -82,7 +102,6 @@ def one_run(config: str, runs_dir: Path) -> dict[str, float]:
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
-        text=True,
     )
     assert child.stdout is not None
     os.set_blocking(child.stdout.fileno(), False)
@@ -90,17 +109,15 @@ def one_run(config: str, runs_dir: Path) -> dict[str, float]:
     figures: dict[str, float] = {}
     output = ""
     while child.poll() is None or not figures.get("round 1 done"):
-        try:
-            tree = [psutil.Process(child.pid), *psutil.Process(child.pid).children(recursive=True)]
-        except psutil.NoSuchProcess:
-            tree = []
+        tree = run_processes(child.pid, output)
         for process in tree:
             try:
                 times = process.cpu_times()
                 cpu[process.pid] = (kind_of(process, child.pid), times.user + times.system)
             except psutil.NoSuchProcess:
                 pass
-        output += child.stdout.read() or ""
+        with contextlib.suppress(BlockingIOError):  # the pipe does not block
+            output += os.read(child.stdout.fileno(), 1 << 16).decode(errors="replace")
         if "round   1/1" in output and "round 1 done" not in figures:
             figures["round 1 done"] = time.time() - started
             for kind in KINDS:
