@@ -170,8 +170,9 @@ def run_labs(tmp_path: Path, run_local: Runner) -> Callable[..., RunResult]:
 def test_fedavg_in_two_labs_equals_flat_fedavg(run_local: Runner, run_labs: Runner) -> None:
     flat = run_local(rounds=2)
     labs = run_labs(TWO_LABS, rounds=2, **{"store.access_log": "true"})
-    # Two groups sum in another order than one flat mean: equal to float32 rounding.
-    assert max_difference(model_of(labs), model_of(flat)) < 1e-6
+    # Two groups sum in another order than one flat mean: round 1's models agree to float32
+    # rounding (3e-8 measured); round 2's training from them grows that (1.5e-5 measured).
+    assert max_difference(model_of(labs), model_of(flat)) < 1e-4
     assert labs.final_accuracy == pytest.approx(flat.final_accuracy, abs=1e-3)
     rows = read_rounds(labs.run_dir)
     assert [row["site_ids"] for row in rows] == ["0 1 2 3", "0 1 2 3"]
