@@ -11,6 +11,7 @@ import functools
 import os
 import shutil
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -143,9 +144,14 @@ def shuffle_seed(seed: int, round_number: int, site: int) -> int:
     return derive_seed(seed, SHUFFLE_STREAM, round_number, site)
 
 
+#: Apps on threads (``local.py``) share torch's global generator, which seeding forks and
+#: restores: two models built at once would draw from each other's stream.
+_MODEL_INIT_LOCK = threading.Lock()
+
+
 def new_model(spec: ModelSpec, info: DatasetInfo) -> torch.nn.Module:
     """The experiment's architecture, randomly initialised from the run seed."""
-    with torch.random.fork_rng(devices=[]):
+    with _MODEL_INIT_LOCK, torch.random.fork_rng(devices=[]):
         torch.manual_seed(derive_seed(spec.seed, INIT_STREAM))
         return build_model(
             spec.model,
