@@ -222,7 +222,7 @@ def test_fedadam_compressed_in_a_nested_tree_with_a_lab_store_equals_flat(
 
 def test_a_group_aggregates_the_sites_in_by_the_deadline(run_labs: Runner) -> None:
     labs = run_labs(
-        TWO_LABS, rounds=2, round_deadline="2", min_clients="3",
+        TWO_LABS, rounds=2, round_deadline="4", min_clients="3",
         **{"site_options.site-3.local_epochs": "100"},
     )  # fmt: skip
     rows = read_rounds(labs.run_dir)
