@@ -530,7 +530,11 @@ def report(summary: list[dict[str, Any]]) -> list[str]:
             f"{e['site_resolve_seconds_max']:>9.2f}{e['site_put_seconds_max']:>9.2f}"
             f"{e['aggregate_resolve_seconds']:>9.2f}"
         )
-    lines = targets(summary)
+    return print_targets(targets(summary))
+
+
+def print_targets(lines: list[str]) -> list[str]:
+    """Print a benchmark's verdicts under ``targets:``; return them."""
     print("\ntargets:")
     for line in lines:
         print("  " + line)

@@ -57,7 +57,15 @@ from benchmarks.common import (
     save_figure,
     write_csv,
 )
-from benchmarks.topology import MODES, VARIANTS, LabMode, link_figures, measure_variant, verdict
+from benchmarks.topology import (
+    MODES,
+    VARIANTS,
+    LabMode,
+    link_figures,
+    measure_variant,
+    print_targets,
+    verdict,
+)
 from tests.infra.netlab import Topology
 
 VARIANT = VARIANTS["t3-tree"]
@@ -259,11 +267,7 @@ def report(summary: list[dict[str, Any]]) -> list[str]:
             f"{e['uplink-b_up_mb']:>8.1f}{e['uplink-b_down_mb']:>8.1f}"
             f"{e['uplink-a_formula_mb']:>8.1f}{fewer:>7.2f}{ratio:>8.2f}"
         )
-    lines = targets(summary)
-    print("\ntargets:")
-    for line in lines:
-        print("  " + line)
-    return lines
+    return print_targets(targets(summary))
 
 
 def plot(summary: list[dict[str, Any]], path: Path) -> None:
