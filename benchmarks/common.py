@@ -53,7 +53,14 @@ from proxyflox.messages import (
 )
 from proxyflox.settings import ExperimentConfig
 from proxyflox.sites import Deployment
-from proxyflox.stores import enter_site, open_app_store, put_weights, resolve_weights, store_of
+from proxyflox.stores import (
+    StoreRoute,
+    enter_site,
+    open_app_store,
+    put_weights,
+    resolve_weights,
+    store_of,
+)
 from proxyflox.weights import Weights
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -137,6 +144,23 @@ def write_csv(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
         writer.writeheader()
         for row in rows:
             writer.writerow({k: f"{v:.6g}" if isinstance(v, float) else v for k, v in row.items()})
+
+
+def read_csv(path: Path) -> list[dict[str, Any]]:
+    """Rows :func:`write_csv` wrote, numbers as numbers (``[]`` if there is no file)."""
+    if not path.exists():
+        return []
+
+    def value(text: str) -> Any:
+        for kind in (int, float):
+            try:
+                return kind(text)
+            except ValueError:
+                pass
+        return text
+
+    with open(path, newline="") as file:
+        return [{key: value(text) for key, text in row.items()} for row in csv.DictReader(file)]
 
 
 def save_figure(figure: Any, axes: Sequence[Any], path: Path) -> None:
@@ -256,10 +280,13 @@ def model_weights(name: str, seed: int = 0) -> Weights:
 
 
 def synthetic_init(
-    model: str, store_config: StoreConfig | None, proxystore_home: str | None
+    model: str,
+    store_config: StoreConfig | None,
+    proxystore_home: str | None,
+    store_route: StoreRoute | None = None,
 ) -> GlobalModel:
     """Aggregator: the named sweep model's weights, put as ``init_global_model`` puts them."""
-    enter_site(proxystore_home)
+    enter_site(proxystore_home, store_route)
     weights = model_weights(model)
     ref, _ = put_weights(weights, open_app_store(store_config))
     return GlobalModel(weights=ref, dataset=SWEEP_MODELS[model].info)
@@ -312,7 +339,7 @@ def _send_back(
     change: Callable[[Weights], Weights],
 ) -> TrainResult:
     """Resolve the global model, put ``change`` of it back as the site's update."""
-    enter_site(setup.proxystore_home)
+    enter_site(setup.proxystore_home, setup.store_route)
     received, resolve_seconds = resolve_weights(global_model.weights)
     ref, put_seconds = put_weights(change(received), store_of(global_model.weights))
     del received
@@ -335,10 +362,15 @@ def _send_back(
     )
 
 
-def keep_weights(global_model: GlobalModel, proxystore_home: str | None, path: str) -> str:
+def keep_weights(
+    global_model: GlobalModel,
+    proxystore_home: str | None,
+    path: str,
+    store_route: StoreRoute | None = None,
+) -> str:
     """Aggregator: save a global model's weights to ``path`` (``.npz``), for comparing the
     models that different ways of moving weights made; returns the path."""
-    enter_site(proxystore_home)
+    enter_site(proxystore_home, store_route)
     weights, _ = resolve_weights(global_model.weights)
     np.savez(path, **weights)  # type: ignore[arg-type]  # numpy's stubs: kwds are arrays
     return path

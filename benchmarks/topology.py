@@ -4,6 +4,7 @@ bytes each bottleneck link carried and the line-rate limit they set.
 
     sudo python -m benchmarks.topology --topology t1|t2|t3|all [--models ...] [--modes ...]
         [--reps 3] [--rounds 1] [--quick]
+    python -m benchmarks.topology --tables     # the CSV as docs/benchmarks.md's tables
 
 (from the project root, as root: the lab is network namespaces). Each round is the round of
 ``benchmarks/transfer.py``: the global model to every site app, each resolves it and puts it
@@ -57,6 +58,7 @@ from benchmarks.common import (
     offset_train,
     print_machine,
     project_root_on_pythonpath,
+    read_csv,
     relay_train,
     save_figure,
     write_csv,
@@ -99,6 +101,33 @@ def redis_store(lab: NetLab) -> dict[str, Any]:
 def endpoint_store(lab: NetLab) -> dict[str, Any]:
     """The relay on the store host, an endpoint inside every other host."""
     return {"store.backend": "endpoint", "store.endpoints_file": str(lab.start_endpoints())}
+
+
+def endpoint_kept_on_the_aggregator(lab: NetLab) -> dict[str, Any]:
+    """Endpoints, every object kept on the aggregator's (``store.keep_on``): a site's update
+    crosses its link as it is put, alongside the other sites' instead of after them."""
+    return endpoint_store(lab) | {"store.keep_on": AGGREGATOR}
+
+
+def multi_store(lab: NetLab) -> dict[str, Any]:
+    """ProxyStore's ``MultiConnector`` with a route per executor: Redis on the store host
+    (``lan``) for the aggregator and the first half of the sites, endpoints (``wan``) for the
+    other half, as for sites whose objects must not go to the store host. The global model is
+    in Redis, so every site reads it at its own link's rate; the ``wan`` sites' updates go to
+    the aggregator's endpoint as they are put (``keep_on``), alongside the others'."""
+    host, port = lab.start_redis()
+    sites = lab.topology.role("site")
+    behind_nat = sites[len(sites) // 2 :]
+    return {
+        "store.backend": "multi",
+        "store.put": "lan",
+        "store.connectors.lan.backend": "redis",
+        "store.connectors.lan.host": host,
+        "store.connectors.lan.port": port,
+        "store.connectors.wan.backend": "endpoint",
+        "store.connectors.wan.endpoints_file": str(lab.start_endpoints()),
+        "store.connectors.wan.keep_on": AGGREGATOR,
+    } | {f"site_options.{site}.store_put": "wan" for site in behind_nat}
 
 
 @dataclass(frozen=True)
@@ -165,13 +194,12 @@ MODES: dict[str, LabMode] = {
         LabMode("file", file_store, only_in=("t1", "t1-lan")),
         LabMode("redis", redis_store),
         LabMode("endpoint", endpoint_store),
+        LabMode("endpoint-keep", endpoint_kept_on_the_aggregator),
         # Trees, where a lab has a group aggregator: with one Redis for everyone the sites'
         # updates would cross the uplink to it and back to their group, so not that one.
         LabMode("tree-redis-lab", redis_store, tree=tree_with_lab_redis, only_in=T3_TREE),
         LabMode("tree-endpoint", endpoint_store, tree=tree_sharing_the_store, only_in=T3_TREE),
-        # multi: ProxyStore's MultiConnector with per-site routes, once its backend is in
-        # proxyflox/stores/: LabMode("multi", multi_store) with a multi_store(lab) that starts
-        # what its routes need and returns its store.* settings.
+        LabMode("multi", multi_store),
     )
 }
 
@@ -533,6 +561,42 @@ def report(summary: list[dict[str, Any]]) -> list[str]:
     return print_targets(targets(summary))
 
 
+def markdown_tables(summary: list[dict[str, Any]]) -> str:
+    """The summary as ``docs/benchmarks.md`` shows it: a table per topology."""
+    dash, times = "\u2013", "\u00d7"  # the docs' typography
+    columns = (
+        f"model | MB | mode | comm [min{dash}max] | limit | comm ÷ limit | MB over the busiest "
+        "bottleneck link (copies) | wire | sites: get (slowest) | sites: put | aggregator: get "
+        "{updates} updates | averaging"
+    )
+    parts = []
+    for variant in dict.fromkeys(e["topology"] for e in summary):
+        mine = [e for e in summary if e["topology"] == variant]
+        sites = len(load_topology(TOPOLOGIES / f"{VARIANTS[variant].file}.yaml").role("site"))
+        header = columns.format(updates=sites)
+        lines = [
+            f"**{variant}** (bottleneck: {mine[0]['bottleneck']})",
+            "",
+            f"| {header} |",
+            "| " + " | ".join("---" if i in (0, 2) else "---:" for i in range(12)) + " |",
+        ]
+        for e in mine:
+            limit = e["comm_over_line_rate"]
+            cells = (
+                e["model"], f"{e['model_mb']:.1f}", e["mode"],
+                f"{e['comm_seconds']:.2f} s [{e['comm_seconds_min']:.2f}{dash}"
+                f"{e['comm_seconds_max']:.2f}]",
+                f"{e['line_rate_seconds']:.2f} s", f"{limit:.2f}{times}" if limit != "" else dash,
+                f"{e['bottleneck_mb_max']:.1f} ({e['copies_measured']:.2f})",
+                f"{e['wire_seconds']:.2f} s", f"{e['site_resolve_seconds_max']:.2f}",
+                f"{e['site_put_seconds_max']:.2f}", f"{e['aggregate_resolve_seconds']:.2f}",
+                f"{e['aggregate_seconds']:.3f}",
+            )  # fmt: skip
+            lines.append("| " + " | ".join(cells) + " |")
+        parts.append("\n".join(lines))
+    return "\n\n".join(parts)
+
+
 def print_targets(lines: list[str]) -> list[str]:
     """Print a benchmark's verdicts under ``targets:``; return them."""
     print("\ntargets:")
@@ -587,10 +651,17 @@ def main(argv: list[str] | None = None) -> int:
         "--quick", action="store_true", help="the smallest model, one repetition (development)"
     )
     parser.add_argument("--out", type=Path, default=DOCS, help="where the CSV files and PNG go")
+    parser.add_argument(
+        "--tables", action="store_true",
+        help="print the CSV in --out as docs/benchmarks.md's tables, measure nothing",
+    )  # fmt: skip
     parser.add_argument("--controller-job", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.controller_job is not None:  # inside the controller's host
         run_controller(ControllerJob(**json.loads(args.controller_job.read_text())))
+        return 0
+    if args.tables:
+        print(markdown_tables(summarize(read_csv(args.out / "bench_topology_rounds.csv"))))
         return 0
     if args.quick:
         args.models, args.reps = args.models[:1], 1
@@ -598,9 +669,15 @@ def main(argv: list[str] | None = None) -> int:
     print_machine()
     project_root_on_pythonpath()  # before the inventory: the workers' PYTHONPATH comes from it
     modes = [MODES[name] for name in args.modes]
-    rows: list[dict[str, Any]] = []
+    measured_now = CHOICES[args.topology]
+    # The other topologies' rounds stay: one topology can be measured again on its own.
+    rows = [
+        row
+        for row in read_csv(args.out / "bench_topology_rounds.csv")
+        if row["topology"] not in measured_now
+    ]
     with tempfile.TemporaryDirectory(prefix="proxyflox-bench-topology-") as workdir:
-        for name in CHOICES[args.topology]:
+        for name in measured_now:
             variant = VARIANTS[name]
             measured, topology = measure_variant(
                 variant, modes, args.models, args.reps, args.rounds, args.warmup,

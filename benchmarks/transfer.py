@@ -292,7 +292,8 @@ def run_block(
     strategy = build_strategy(mode.config.strategy)
     instructions = Instructions(**strategy.train_instructions(), update_kind=strategy.update_kind)
     home = plan.setups[plan.aggregator].proxystore_home
-    global_model: GlobalModel = init(model, mode.store_config, home).result()
+    route = plan.setups[plan.aggregator].store_route
+    global_model: GlobalModel = init(model, mode.store_config, home, route).result()
     rows: list[dict[str, Any]] = []
     counts: dict[str, int] = {}
     for round_number in range(1, warmup + rounds + 1):
@@ -357,7 +358,7 @@ def run_block(
     if keep is not None and rep >= 0:
         path = keep / f"{model}-{mode.name}-{rep}.npz"
         saver = python_app(keep_weights, executors=[plan.aggregator])
-        saver(global_model, home, str(path)).result()
+        saver(global_model, home, str(path), route).result()
     evict(mode, global_model)
     return rows, counts
 

@@ -23,7 +23,13 @@ from proxystore.store.utils import get_key
 from proxyflox.endpoints import MANIFEST, EndpointOptions
 from proxyflox.errors import ConfigError
 from proxyflox.stores import StoreRoute
-from proxyflox.stores.endpoint import EndpointBackend, read_endpoints_file, use_proxystore_home
+from proxyflox.stores.endpoint import (
+    EndpointBackend,
+    HostSharedEndpointConnector,
+    keep_on_uuid,
+    read_endpoints_file,
+    use_proxystore_home,
+)
 from proxyflox.stores.multi import routes_for
 from proxyflox.stores.redis import REDIS_PASSWORD_ENV
 from proxyflox.stores.settings import StoreSettings
@@ -342,6 +348,7 @@ def test_multi_store_gives_the_file_stores_weights_puts_by_route_and_leaves_noth
             "--store.connectors.shared.directory", str(shared),
             "--store.connectors.wan.backend", "endpoint",
             "--store.connectors.wan.endpoints_file", str(endpoints_file),
+            "--store.connectors.wan.keep_on", "aggregator",
             "--site_options.site-1.store_put", "shared",
             "--site_options.site-2.store_put", "wan", "--site_options.site-3.store_put", "wan",
             "--site_options.site-3.store_read", "wan,lan",
@@ -359,7 +366,47 @@ def test_multi_store_gives_the_file_stores_weights_puts_by_route_and_leaves_noth
         if "EndpointKey" in key
     ]
     assert len(endpoint_keys) == 2 * 2  # two sites, two rounds
+    # keep_on: the sites' updates went to the aggregator's endpoint as they were put.
+    aggregator = read_endpoints_file(endpoints_file).endpoints["aggregator"].uuid
+    assert {key.endpoint_id for key in endpoint_keys} == {aggregator}
     assert endpoint_objects_left(endpoints_file, endpoint_keys) == []
+
+
+def test_keep_on_puts_into_the_named_endpoint_from_any_other(endpoints_file: Path) -> None:
+    endpoints = read_endpoints_file(endpoints_file)
+    aggregator = endpoints.endpoints["aggregator"]
+    settings = StoreSettings(
+        backend="endpoint", endpoints_file=str(endpoints_file), keep_on="aggregator"
+    )
+    EndpointBackend().check(settings)
+    site = HostSharedEndpointConnector(
+        endpoints.uuids, proxystore_dir=endpoints.endpoints["site-0"].home,
+        keep_on=keep_on_uuid(endpoints, settings),
+    )  # fmt: skip
+    kept = HostSharedEndpointConnector(endpoints.uuids, proxystore_dir=aggregator.home)
+    try:
+        assert site.endpoint_uuid != kept.endpoint_uuid
+        key = site.put(b"an update")
+        assert key.endpoint_id == aggregator.uuid
+        # Held by the aggregator's endpoint itself: its own processes read it locally.
+        assert kept.get(key) == b"an update"
+        site.evict(key)
+        assert not kept.exists(key)
+        # Rebuilt from its config (as inside every proxy), it still puts there.
+        assert HostSharedEndpointConnector.from_config(site.config()).keep_on == aggregator.uuid
+    finally:
+        site.close()
+        kept.close()
+
+
+def test_keep_on_naming_no_endpoint_is_one_line_before_any_connection(tmp_path: Path) -> None:
+    eps = tmp_path / "endpoints.yaml"
+    uuid = "4da791b4-1f63-4bb0-9ed3-2d1e2c7e3a10"
+    eps.write_text(f"relay: ws://127.0.0.1:1\nendpoints:\n  site-0: {{uuid: {uuid}}}\n")
+    settings = StoreSettings(backend="endpoint", endpoints_file=str(eps), keep_on="aggregatr")
+    with pytest.raises(ConfigError, match=r"^store.keep_on: 'aggregatr' has no endpoint in .*"
+                       r"endpoints.yaml \(site-0\)$"):  # fmt: skip
+        EndpointBackend().check(settings)
 
 
 def test_an_object_over_proxystore_s_default_limit_goes_through_an_endpoint(

@@ -152,6 +152,19 @@ def test_strategies_that_cannot_take_partials_are_refused_in_a_tree(tmp_path: Pa
     assert build_tree(TreeSettings(), LABELS, "aggregator", strategy=STRATEGIES["krum"]) is None
 
 
+def test_an_endpoint_keeping_every_object_is_refused_in_a_tree(tmp_path: Path) -> None:
+    eps = tmp_path / "endpoints.yaml"
+    uuid = "4da791b4-1f63-4bb0-9ed3-2d1e2c7e3a10"
+    eps.write_text(f"relay: ws://127.0.0.1:1\nendpoints:\n  aggregator: {{uuid: {uuid}}}\n")
+    store = {"backend": "endpoint", "endpoints_file": str(eps), "keep_on": "aggregator"}
+    with pytest.raises(ConfigError, match=r"^store.keep_on: with an aggregator tree every group"):
+        plan_for(TWO_LABS, tmp_path, store=store)
+    multi = {"backend": "multi", "put": "wan", "connectors": {"wan": store}}
+    with pytest.raises(ConfigError, match=r"^store.connectors.wan.keep_on: with an aggregator"):
+        plan_for(TWO_LABS, tmp_path, store=multi)
+    assert plan_for(TWO_LABS, tmp_path, store=store | {"keep_on": None}).tree is not None
+
+
 # -- runs ----------------------------------------------------------------------------------------
 
 

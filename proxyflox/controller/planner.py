@@ -19,6 +19,7 @@ from proxyflox.settings import ExperimentConfig, SiteOptions, merge_site_options
 from proxyflox.sites import Deployment, site_executor_labels
 from proxyflox.stores import BACKENDS, StoreRoute
 from proxyflox.stores.multi import routes_for
+from proxyflox.stores.settings import StoreSettings
 from proxyflox.strategies import STRATEGIES, Strategy, build_strategy
 from proxyflox.tree import Tree, build_tree
 
@@ -104,6 +105,7 @@ def plan_run(config: ExperimentConfig, deployment: Deployment) -> Plan:
         site_labels = [label for label in site_labels if label not in tree.aggregators()]
         if not site_labels:
             raise ConfigError("tree: every executor is an aggregator; no site executor is left")
+        check_tree_store(config.store)
     num_sites = config.sites or len(site_labels)
     if config.min_clients > num_sites:
         raise ConfigError(f"min_clients: {config.min_clients} is more than the {num_sites} sites")
@@ -129,6 +131,21 @@ def plan_run(config: ExperimentConfig, deployment: Deployment) -> Plan:
     check_every_update_strategy(config, plan.sites_per_round, aggregator_data)
     plan.strategy(config)  # its checks, before a run directory exists
     return plan
+
+
+def check_tree_store(store: StoreSettings) -> None:
+    """A tree keeps each lab's traffic in the lab; one endpoint keeping every object would not.
+
+    Raises:
+        ConfigError: the store (or one of its connectors) sets ``keep_on``.
+    """
+    named = [("store", store), *((f"store.connectors.{n}", c) for n, c in store.connectors.items())]
+    for key, part in named:
+        if part.keep_on is not None:
+            raise ConfigError(
+                f"{key}.keep_on: with an aggregator tree every group's objects would cross to "
+                f"{part.keep_on!r}'s endpoint and back; leave keep_on unset (null) in a tree"
+            )
 
 
 def plan_tree(config: ExperimentConfig, deployment: Deployment) -> Tree | None:

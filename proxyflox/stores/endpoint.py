@@ -21,6 +21,7 @@ from __future__ import annotations
 import functools
 import os
 import socket
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -111,6 +112,7 @@ class EndpointBackend:
         """Reach the relay, then open (and close) a connector as the controller would."""
         assert settings.endpoints_file is not None  # validated with the settings
         endpoints = read_endpoints_file(settings.endpoints_file)
+        keep_on_uuid(endpoints, settings)  # a label the file lacks: before any connection
         host, port = relay_host_port(endpoints.relay)
         try:
             socket.create_connection((host, port), timeout=5).close()
@@ -131,7 +133,10 @@ class EndpointBackend:
         try:
             # proxystore_dir stays None in the config that travels with proxies: each process
             # then finds the endpoint in its own ProxyStore home.
-            return HostSharedEndpointConnector(endpoints.uuids, copies=copies_name(run_dir))
+            keep_on = keep_on_uuid(endpoints, settings)
+            return HostSharedEndpointConnector(
+                endpoints.uuids, copies=copies_name(run_dir), keep_on=keep_on
+            )
         except (EndpointConnectorError, OSError) as err:
             home = os.environ.get("PROXYSTORE_HOME", "the default ProxyStore home")
             raise StoreUnreachableError(
@@ -150,18 +155,34 @@ class EndpointBackend:
         }
 
 
+def keep_on_uuid(endpoints: EndpointsFile, settings: StoreSettings) -> str | None:
+    """The UUID of the endpoint ``store.keep_on`` names (``None``: each putter's own)."""
+    if settings.keep_on is None:
+        return None
+    info = endpoints.endpoints.get(settings.keep_on)
+    if info is None:
+        raise ConfigError(
+            f"store.keep_on: {settings.keep_on!r} has no endpoint in {settings.endpoints_file} "
+            f"({', '.join(endpoints.endpoints)})"
+        )
+    return info.uuid
+
+
 class HostSharedEndpointConnector(EndpointConnector):
-    """ProxyStore's ``EndpointConnector``; a shared read of a peer's object crosses once per host.
+    """ProxyStore's ``EndpointConnector``: peers' objects read once per host, puts kept anywhere.
 
     Inside :func:`~proxyflox.stores.host_copies.shared_reads`, an object of another endpoint is
     read through this host's copies (:class:`~proxyflox.stores.host_copies.HostCopies`, in the
-    ProxyStore home the connector found its endpoint in); everything else is ProxyStore's.
+    ProxyStore home the connector found its endpoint in). With ``keep_on``, a put sends the
+    object to that endpoint through this one (ProxyStore's own peer ``set``), so it crosses the
+    putter's link while it is put; everything else is ProxyStore's.
 
     Args:
         endpoints: The endpoints' UUIDs, as for ``EndpointConnector``.
         proxystore_dir: The ProxyStore home (``None``: this process's own).
         copies: The run's copies (:func:`~proxyflox.stores.host_copies.copies_name`);
             ``None``: none kept.
+        keep_on: The UUID of the endpoint every put goes to (``None``: this process's own).
     """
 
     def __init__(
@@ -169,15 +190,25 @@ class HostSharedEndpointConnector(EndpointConnector):
         endpoints: Sequence[str | UUID],
         proxystore_dir: str | None = None,
         copies: str | None = None,
+        keep_on: str | None = None,
     ) -> None:
         super().__init__(endpoints, proxystore_dir)
         self.copies = copies
+        self.keep_on = keep_on
         home = proxystore_dir if proxystore_dir is not None else home_dir()
         self._copies = HostCopies(copies_directory(home, copies)) if copies else None
 
     def config(self) -> dict[str, Any]:
-        """``EndpointConnector``'s config and the run's copies."""
-        return {**super().config(), "copies": self.copies}
+        """``EndpointConnector``'s config, the run's copies and where puts go."""
+        return {**super().config(), "copies": self.copies, "keep_on": self.keep_on}
+
+    def put(self, obj: BytesLike) -> EndpointKey:
+        """Put into the ``keep_on`` endpoint (or this process's own, as ProxyStore does)."""
+        if self.keep_on is None:
+            return super().put(obj)
+        key = EndpointKey(object_id=str(uuid.uuid4()), endpoint_id=self.keep_on)
+        self.set(key, obj)
+        return key
 
     def get(self, key: EndpointKey) -> BytesLike | None:
         """The object's bytes; a shared read of a peer's object goes through the copies."""

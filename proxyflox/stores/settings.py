@@ -34,6 +34,11 @@ class StoreSettings(Settings):
     #: ``endpoint``: the largest object (MiB) the endpoints must hold (``null``: ProxyStore's
     #: 100 MB); ``python -m proxyflox.endpoints up --max-object-size-mb`` configures them so.
     max_object_size_mb: Maybe[Count] = None
+    #: ``endpoint``: the executor label (in the endpoints file) whose endpoint keeps every
+    #: object, e.g. ``aggregator``: a site's update then crosses its link as it is put, while
+    #: the other sites put theirs, instead of when the aggregator reads it, one update after
+    #: another. ``null``: each object stays on the endpoint of the executor that put it.
+    keep_on: Maybe[Str] = None
     #: ``multi``: named connectors, each the settings of one backend (``file``, ``redis``,
     #: ``endpoint``), e.g. ``{lan: {backend: redis, host: 10.0.0.5}, wan: {backend: endpoint,
     #: endpoints_file: eps.yaml}}``.
