@@ -393,7 +393,10 @@ def test_keep_on_puts_into_the_named_endpoint_from_any_other(endpoints_file: Pat
         site.evict(key)
         assert not kept.exists(key)
         # Rebuilt from its config (as inside every proxy), it still puts there.
-        assert HostSharedEndpointConnector.from_config(site.config()).keep_on == aggregator.uuid
+        rebuilt = HostSharedEndpointConnector.from_config(site.config())
+        assert isinstance(rebuilt, HostSharedEndpointConnector)
+        assert rebuilt.keep_on == aggregator.uuid
+        rebuilt.close()
     finally:
         site.close()
         kept.close()
