@@ -1,4 +1,4 @@
-"""Real faults: a site's worker pool SIGKILLed mid-round, a Redis server killed mid-run."""
+"""Real faults: a site's worker pool SIGKILLed mid-round, a Redis server stopped mid-run."""
 
 from __future__ import annotations
 
@@ -6,13 +6,19 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
 
-from proxyflox.results import read_rounds
-from tests.helpers import CLI, bare_env, only_run_dir, run_cli
-from tests.servers import redis_keys, redis_server
+from proxyflox.apps import aggregate_updates
+from proxyflox.controller import AppBodies, RunStoppedError, run_federation
+from proxyflox.endpoints import free_port
+from proxyflox.results import create_run_dir, read_rounds
+from proxyflox.settings import load_experiment
+from proxyflox.sites import load_deployment
+from tests.helpers import CLI, DEFAULT_EXPERIMENT, bare_env, only_run_dir, run_cli
+from tests.servers import redis_command, redis_keys, redis_server, wait_for_redis
 
 pytestmark = pytest.mark.slow
 
@@ -131,3 +137,39 @@ def test_a_full_disk_is_one_line_naming_where(tmp_path: Path, tiny_disk: Path) -
     assert len(lines) == 1, done.stderr[:2000]  # not thousands of logging tracebacks
     assert lines[0].startswith("error: run stopped: no space left on the device holding ")
     assert str(tiny_disk / "runs") in lines[0]
+
+
+def test_an_aggregate_that_finds_its_store_gone_stops_the_run(tmp_path: Path) -> None:
+    """The server goes after the sites put their updates and before the aggregator reads them.
+
+    The aggregate app then fails with the Redis client's own ``ConnectionError``; asking the
+    store tells that apart from a bug, and the run stops (resumable) naming the server.
+    """
+    port = free_port("127.0.0.1")
+    server = subprocess.Popen(
+        redis_command(port), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        wait_for_redis(server, "127.0.0.1", port)
+
+        def aggregate_once_the_server_is_gone(*args: Any, **kwargs: Any) -> Any:
+            server.terminate()
+            server.wait(timeout=10)
+            return aggregate_updates(*args, **kwargs)
+
+        config = load_experiment(
+            DEFAULT_EXPERIMENT,
+            {"rounds": 2, "runs_dir": str(tmp_path), "store.backend": "redis", "store.port": port},
+        )
+        run_dir = create_run_dir(config.runs_dir, config.name)
+        with pytest.raises(RunStoppedError, match=f"lost the store .*127.0.0.1:{port}") as stop:
+            run_federation(
+                config, load_deployment("local.py"), run_dir, progress=lambda line: None,
+                bodies=AppBodies(aggregate=aggregate_once_the_server_is_gone, prime=None),
+            )  # fmt: skip
+        assert "ConnectionError" in str(stop.value)
+        assert "\n" not in str(stop.value)
+        assert not (run_dir / "checkpoints" / "round-0001").exists()
+    finally:
+        server.terminate()
+        server.wait(timeout=10)

@@ -41,7 +41,13 @@ if __name__ != "__mp_main__":
         read_checkpoint,
         truncate_round_logs,
     )
-    from proxyflox.controller import Plan, RunStoppedError, plan_run, run_federation
+    from proxyflox.controller import (
+        Plan,
+        RunStoppedError,
+        check_run_stores,
+        plan_run,
+        run_federation,
+    )
     from proxyflox.controller.status import LiveStatus
     from proxyflox.errors import ConfigError
     from proxyflox.inventory import INVENTORY_ENV
@@ -55,7 +61,7 @@ if __name__ != "__mp_main__":
         to_yaml,
     )
     from proxyflox.sites import Deployment, load_deployment
-    from proxyflox.stores import StoreUnreachableError, check_store
+    from proxyflox.stores import StoreUnreachableError
 
 DEFAULT_EXPERIMENT = Path(__file__).resolve().parent.parent / "experiments" / "digits_fedavg.yaml"
 EXIT_BAD_INPUT = 2
@@ -182,11 +188,7 @@ def _main(argv: list[str] | None) -> int:
                 plan.setups[experiment.aggregator].data.data_dir,
                 f"resume: {resume.run_dir}",
             )
-        if experiment.transfer == "proxy":
-            check_store(experiment.store)
-            for group in plan.tree.nodes() if plan.tree is not None else []:
-                if group.store is not None:  # a lab's own store
-                    check_store(group.store)
+        check_run_stores(experiment, plan)
     except (ConfigError, StoreUnreachableError) as err:
         if args.debug:
             traceback.print_exc()

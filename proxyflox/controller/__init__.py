@@ -17,7 +17,8 @@ from proxyflox.controller.observer import ObserverList, ProgressLines, RunObserv
 from proxyflox.controller.planner import Plan, plan_run
 from proxyflox.controller.rounds import run_rounds
 from proxyflox.controller.runtime import AppBodies
-from proxyflox.errors import RunStoppedError, require_extra
+from proxyflox.controller.store import check_run_stores, lost_store
+from proxyflox.errors import ConfigError, RunStoppedError, require_extra
 from proxyflox.settings import ExperimentConfig
 from proxyflox.sites import Deployment
 
@@ -27,6 +28,7 @@ __all__ = [
     "RunObserver",
     "RunResult",
     "RunStoppedError",
+    "check_run_stores",
     "plan_run",
     "run_federation",
 ]
@@ -60,7 +62,8 @@ def run_federation(
 
     Raises:
         ConfigError: if the experiment does not fit the deployment.
-        RunStoppedError: when a round ends with fewer than ``min_clients`` updates.
+        RunStoppedError: when a round ends with fewer than ``min_clients`` updates, or when an
+            app fails while one of the run's stores is gone.
     """
     plan = plan or plan_run(config, deployment)
     strategy = plan.strategy(config)
@@ -68,25 +71,34 @@ def run_federation(
         [ProgressLines(progress, config.rounds), *([observer] if observer else [])]
     )
     result = RunResult(run_dir)
-    with ExitStack() as stack:
-        run = open_run(
-            stack,
-            config,
-            deployment,
-            plan,
-            run_dir,
-            watchers,
-            progress,
-            asynchronous=strategy.asynchronous,
-            report_columns=strategy.report_columns,
-            bodies=bodies,
-        )
-        rows = (
-            run_asynchronous(run, strategy)
-            if strategy.asynchronous
-            else run_rounds(run, strategy, resume)
-        )
-        result.rounds.extend(rows)
+    try:
+        with ExitStack() as stack:
+            run = open_run(
+                stack,
+                config,
+                deployment,
+                plan,
+                run_dir,
+                watchers,
+                progress,
+                asynchronous=strategy.asynchronous,
+                report_columns=strategy.report_columns,
+                bodies=bodies,
+            )
+            rows = (
+                run_asynchronous(run, strategy)
+                if strategy.asynchronous
+                else run_rounds(run, strategy, resume)
+            )
+            result.rounds.extend(rows)
+    except (RunStoppedError, ConfigError):
+        raise
+    except Exception as err:
+        # An aggregate or evaluation that failed because its store went away is a stop.
+        stopped = lost_store(config, plan, err)
+        if stopped is None:
+            raise
+        raise stopped from err
     _write_plots(run_dir, progress)
     return result
 

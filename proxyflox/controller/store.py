@@ -14,9 +14,41 @@ from typing import Any
 
 from proxystore.store.config import StoreConfig
 
-from proxyflox.errors import RunStoppedError
-from proxyflox.stores import BACKENDS, file_store_directories, open_store
+from proxyflox.controller.planner import Plan
+from proxyflox.errors import RunStoppedError, StoreUnreachableError
+from proxyflox.settings import ExperimentConfig
+from proxyflox.stores import BACKENDS, check_store, file_store_directories, open_store
 from proxyflox.stores.settings import StoreSettings
+
+
+def check_run_stores(config: ExperimentConfig, plan: Plan) -> None:
+    """Check that every store of the run can be reached: its own and (a tree) its groups'.
+
+    Raises:
+        StoreUnreachableError: naming the first store that cannot be reached.
+    """
+    if config.transfer != "proxy":
+        return
+    check_store(config.store)
+    for group in plan.tree.nodes() if plan.tree is not None else []:
+        if group.store is not None:  # a lab's own store
+            check_store(group.store)
+
+
+def lost_store(config: ExperimentConfig, plan: Plan, err: Exception) -> RunStoppedError | None:
+    """The run's stop if ``err`` came while one of its stores is gone, else ``None``.
+
+    An app that reads from or writes to a store that went away fails with whatever error its
+    client raises (Redis's ``ConnectionError``, a socket's ``OSError``...). Asking the stores
+    is what tells that apart from a bug: a store that is gone stops the run, to be resumed.
+    """
+    try:
+        check_run_stores(config, plan)
+    except StoreUnreachableError as unreachable:
+        return RunStoppedError(
+            f"lost the store ({unreachable}): {type(err).__name__}: {' '.join(str(err).split())}"
+        )
+    return None
 
 
 class RunStore:
