@@ -68,6 +68,12 @@ def max_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> fl
     return max(float((a[name] - b[name]).abs().max()) for name in a)
 
 
+def relative_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    """The largest ``|a - b| / |b|`` over the tensors (a wrong mean is off by 1e-2 or more)."""
+    assert a.keys() == b.keys()
+    return max(float((a[name] - b[name]).norm() / b[name].norm()) for name in a)
+
+
 def access_log(path: Path) -> tuple[set[str], set[str]]:
     lines = [line.split("\t") for line in path.read_text().splitlines()]
     return {key for _, op, key in lines if op == "put"}, {
@@ -184,10 +190,14 @@ def test_fedavg_in_two_labs_equals_flat_fedavg(run_local: Runner, run_labs: Runn
     flat = run_local(rounds=2)
     labs = run_labs(TWO_LABS, rounds=2, **{"store.access_log": "true"})
     # Two groups sum in another order than one flat mean: round 1's models agree to float32
-    # rounding (3e-8 measured); round 2's training from them grows that (1.5e-5 measured).
-    assert max_difference(model_of(labs), model_of(flat)) < 1e-4
-    assert labs.final_accuracy == pytest.approx(flat.final_accuracy, abs=1e-3)
-    rows = read_rounds(labs.run_dir)
+    # rounding (3e-8 measured); round 2's training from them grows that, by how much varies
+    # from run to run (1.5e-5 to 1.2e-4 measured, at most 4.3e-4 of a tensor's norm). Every
+    # round's evaluation agreed to 6 digits.
+    assert relative_difference(model_of(labs), model_of(flat)) < 5e-3
+    rows, flat_rows = read_rounds(labs.run_dir), read_rounds(flat.run_dir)
+    for row, flat_row in zip(rows, flat_rows, strict=True):  # every round's evaluation
+        assert float(row["loss"]) == pytest.approx(float(flat_row["loss"]), abs=1e-4)
+        assert float(row["accuracy"]) == pytest.approx(float(flat_row["accuracy"]), abs=1e-3)
     assert [row["site_ids"] for row in rows] == ["0 1 2 3", "0 1 2 3"]
     assert [row["sent_bytes"] for row in rows] == [
         row["sent_bytes"] for row in read_rounds(flat.run_dir)
@@ -219,7 +229,7 @@ def test_fedadam_compressed_in_a_nested_tree_with_a_lab_store_equals_flat(
         tree = run_labs(nested, **common)
         assert redis_keys(port) == []
     # FedAdam divides by sqrt(v) + 1e-3, which magnifies float32 rounding (~1e-7) about 100x.
-    assert max_difference(model_of(tree), model_of(flat)) < 1e-4
+    assert relative_difference(model_of(tree), model_of(flat)) < 5e-3
     assert tree.final_accuracy == pytest.approx(flat.final_accuracy, abs=1e-3)
     rows, flat_rows = read_rounds(tree.run_dir), read_rounds(flat.run_dir)
     assert [row["site_ids"] for row in rows] == [row["site_ids"] for row in flat_rows]
