@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import csv
 import math
+import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -16,15 +18,18 @@ from proxystore.proxy import get_factory
 from proxystore.store import Store
 from proxystore.store.utils import get_key
 
+from proxyflox.apps import train_site
 from proxyflox.checkpoints import checkpoint_dir, read_checkpoint
 from proxyflox.codecs import CodecSpec, UpdateEncoder, decode_weights, tally
 from proxyflox.codecs.feedback import Residuals, residual_of, with_residual
 from proxyflox.codecs.int8 import LEVELS
 from proxyflox.codecs.settings import CodecSettings
-from proxyflox.controller import RunResult
+from proxyflox.controller import AppBodies, RunResult, run_federation
 from proxyflox.errors import ConfigError
 from proxyflox.models.weights import weights_of
+from proxyflox.results import create_run_dir
 from proxyflox.settings import load_experiment
+from proxyflox.sites import load_deployment
 from proxyflox.stores import put_weights, resolve_weights
 from proxyflox.weights import Weights, weights_nbytes
 from tests.helpers import DEFAULT_EXPERIMENT, experiment_model, only_run_dir, run_cli
@@ -266,6 +271,37 @@ def test_asynchronous_strategies_learn_from_compressed_changes(
         line.split("\t") for line in (result.run_dir / "store-access.log").read_text().splitlines()
     ]
     assert {k for _, op, k in log if op == "put"} == {k for _, op, k in log if op == "evict"}
+
+
+def test_a_site_still_training_when_the_budget_is_spent_leaves_no_object_and_no_state(
+    tmp_path: Path,
+) -> None:
+    """Its train app finishes (puts its update, saves its residual) before the state goes."""
+
+    def slow_site_3(*args: Any, **kwargs: Any) -> Any:
+        if args[1] == 3:  # the site
+            time.sleep(3)
+        return train_site(*args, **kwargs)
+
+    state = tmp_path / "state"
+    config = load_experiment(
+        DEFAULT_EXPERIMENT,
+        {"strategy.name": "fedbuff", "max_updates": 3, "compression.codec": "int8",
+         "site_state_dir": str(state), "store.access_log": "true",
+         "runs_dir": str(tmp_path / "runs")},
+    )  # fmt: skip
+    run_dir = create_run_dir(config.runs_dir, config.name)
+    run_federation(
+        config, load_deployment("local.py"), run_dir, progress=lambda line: None,
+        bodies=AppBodies(train=slow_site_3, prime=None),
+    )  # fmt: skip
+    with open(run_dir / "updates.csv", newline="") as file:
+        assert "3" not in {row["site"] for row in csv.DictReader(file)}  # it was dropped
+    log = [line.split("\t") for line in (run_dir / "store-access.log").read_text().splitlines()]
+    puts = {k for _, op, k in log if op == "put"}
+    assert len(puts) >= 1 + 3 + 1 + 1  # initial model, 3 updates, the aggregate, site 3's
+    assert puts == {k for _, op, k in log if op == "evict"}
+    assert not (state / run_dir.name).exists()
 
 
 def test_an_fp16_broadcast_is_what_the_checkpoint_and_the_sites_hold(run_local: Runner) -> None:

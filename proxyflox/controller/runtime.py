@@ -206,9 +206,7 @@ class ParslRuntime:
         if exc_type is None:
             # A normal end lets apps still running (late sites) finish, so that what they put
             # is evicted rather than left behind.
-            running = [future for future in self._submitted if not future.done()]
-            if running:
-                concurrent.futures.wait(running, timeout=LATE_APPS_GRACE_SECONDS)
+            self.wait_for_late_apps()
         if self.host_copies and (exc_type is None or issubclass(exc_type, Exception)):
             self._forget_host_copies()
         self._dfk.cleanup()
@@ -351,8 +349,19 @@ class ParslRuntime:
             for site, label in enumerate(self.plan.placement)
         ]
 
+    def wait_for_late_apps(self) -> None:
+        """Let the apps still running (late or dropped sites) finish, within a grace period."""
+        running = [future for future in self._submitted if not future.done()]
+        if running:
+            concurrent.futures.wait(running, timeout=LATE_APPS_GRACE_SECONDS)
+
     def forget_site_state(self, run_key: str) -> list[Future[int]]:
-        """Every site executor removes the state its sites kept for the run (residuals)."""
+        """Every site executor removes the state its sites kept for the run (residuals).
+
+        Late sites' train apps finish first: one still running would fail writing its state
+        into the removed directory, after it put its update, which nobody could evict then.
+        """
+        self.wait_for_late_apps()
         return [
             self._submit(self._forget[label](self.plan.setups[label], run_key))
             for label in self.plan.site_labels
