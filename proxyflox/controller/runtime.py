@@ -358,8 +358,8 @@ class ParslRuntime:
     def forget_site_state(self, run_key: str) -> list[Future[int]]:
         """Every site executor removes the state its sites kept for the run (residuals).
 
-        Late sites' train apps finish first: one still running would fail writing its state
-        into the removed directory, after it put its update, which nobody could evict then.
+        Late sites' train apps finish first: one still running would write its residual back
+        after the removal, or fail writing it while the directory goes (after its put).
         """
         self.wait_for_late_apps()
         return [

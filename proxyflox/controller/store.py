@@ -45,10 +45,15 @@ def lost_store(config: ExperimentConfig, plan: Plan, err: Exception) -> RunStopp
     try:
         check_run_stores(config, plan)
     except StoreUnreachableError as unreachable:
-        return RunStoppedError(
-            f"lost the store ({unreachable}): {type(err).__name__}: {' '.join(str(err).split())}"
-        )
+        return _lost(str(unreachable), err)
     return None
+
+
+def _lost(where: str, err: Exception) -> RunStoppedError:
+    """The one-line stop for a store that went away (``where``: the store, as users name it)."""
+    return RunStoppedError(
+        f"lost the store ({where}): {type(err).__name__}: {' '.join(str(err).split())}"
+    )
 
 
 class RunStore:
@@ -78,9 +83,7 @@ class RunStore:
                 self.store.evict(key)  # type: ignore[arg-type]  # a connector's own key
         except Exception as err:
             where = BACKENDS[self.settings.backend].describe(self.settings, self.run_dir)
-            raise RunStoppedError(
-                f"lost the store ({where}): {type(err).__name__}: {' '.join(str(err).split())}"
-            ) from err
+            raise _lost(where, err) from err
 
     def close(self) -> None:
         """Close the store and clean up after it.
